@@ -1,0 +1,111 @@
+"""Codec interface and registry: client-side compression of smashed data and gradients."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+import torch
+
+from acp_flower.wire import Payload, like
+
+if TYPE_CHECKING:
+    from acp_flower.config import ExperimentConfig
+
+StateDict = dict[str, torch.Tensor]
+_REGISTRY: dict[str, type[Codec]] = {}
+C = TypeVar("C", bound="type[Codec]")
+
+
+class Codec(ABC):
+    """Compression of the smashed data (client -> server) and of its gradient (back).
+
+    The client owns a codec instance and its state; the server needs none: it decodes
+    any payload with ``Payload.to_dense`` and compresses the gradient with ``wire.like``
+    (same mask / indices / bit width), which is what ``decode`` / ``encode_grad`` do.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        Codec options are read from it.
+    total_steps : int
+        Training iterations this client will run (T of ACP-SL eq. 9).
+    seed : int
+        Seed of the codec's own random generator.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @abstractmethod
+    def encode(self, smashed: torch.Tensor, labels: torch.Tensor | None = None, *, train: bool = True) -> Payload:
+        """Compress smashed data B x N x H x W.
+
+        ``train=True`` is a training step: label-aware codecs need ``labels`` and update
+        their state. ``train=False`` is inference: no labels, no state change.
+        """
+
+    def decode(self, payload: Payload) -> torch.Tensor:
+        """Server side: the dense B x N x H x W tensor (zero-filled where nothing was sent)."""
+        return payload.to_dense()
+
+    def encode_grad(self, grad: torch.Tensor, ref: Payload) -> Payload:
+        """Server side: compress the gradient w.r.t. the decoded smashed data like ``ref``."""
+        return like(ref, grad)
+
+    def decode_grad(self, payload: Payload) -> torch.Tensor:
+        """Client side: the dense gradient."""
+        return payload.to_dense()
+
+    def dropped_fraction(self, payload: Payload) -> float:
+        """Fraction of the smashed data's elements whose values were not sent."""
+        return 1.0 - payload.kept_fraction
+
+    def state_dict(self) -> StateDict:
+        """Client-side state that must persist across rounds (tensors only)."""
+        return {"rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: StateDict) -> None:
+        self.generator.set_state(state["rng"])
+
+    def eval_state(self) -> StateDict:
+        """What inference needs from training (averaged across clients by FedAvg)."""
+        return {}
+
+    def load_eval_state(self, state: StateDict) -> None:
+        """Install an (aggregated) ``eval_state`` for inference."""
+
+
+def register_codec(name: str) -> Callable[[C], C]:
+    """Class decorator adding a codec under ``name``; a duplicate name raises."""
+
+    def wrap(cls: C) -> C:
+        if name in _REGISTRY:
+            raise ValueError(f"codec {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_codecs() -> list[str]:
+    """Names of the registered codecs, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_codec(name: str) -> type[Codec]:
+    """The codec class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; allowed: {', '.join(list_codecs())}") from None
+
+
+def build_codec(cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> Codec:
+    """Instantiate the codec named by ``cfg.codec``."""
+    return get_codec(cfg.codec)(cfg, total_steps=total_steps, seed=seed)

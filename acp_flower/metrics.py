@@ -1,0 +1,146 @@
+"""Run outputs shared by every driver: metrics.csv (a row per round), summary.json, config.toml."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from acp_flower.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from strategies.base import RoundOutcome
+
+log = logging.getLogger("acp_flower")
+
+METRIC_COLUMNS = (
+    "round", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "bytes_up", "bytes_down",
+    "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
+)
+RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
+
+
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse to mix a new run into a directory that already holds results."""
+    existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output directory {out_dir} already holds {existing}; choose another or overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output path {out_dir} exists and is not a directory")
+
+
+def outcome_row(outcome: RoundOutcome) -> dict[str, Any]:
+    """One metrics.csv row from a round's outcome."""
+    traffic = sum((r.traffic for r in outcome.results[1:]), outcome.results[0].traffic) if outcome.results else None
+    steps = traffic.steps if traffic else 0
+    return {
+        "round": outcome.server_round,
+        "test_accuracy": outcome.test_accuracy,
+        "test_loss": outcome.test_loss,
+        "train_loss": outcome.server_stats.mean_loss,
+        "train_accuracy": outcome.server_stats.accuracy,
+        "bytes_up": traffic.bytes_up if traffic else 0,
+        "bytes_down": traffic.bytes_down if traffic else 0,
+        "ideal_bits_up": traffic.ideal_bits_up if traffic else 0,
+        "ideal_bits_down": traffic.ideal_bits_down if traffic else 0,
+        "mean_prune_ratio": traffic.prune_ratio_sum / steps if steps else float("nan"),
+        "clients": len(outcome.results),
+        "wall_s": outcome.wall_s,
+    }
+
+
+def summarize(rows: list[dict[str, Any]], targets: tuple[float, ...]) -> dict[str, Any]:
+    """Final/best accuracy, totals, and the round and cumulative bytes to each target."""
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    summary: dict[str, Any] = {"rounds_completed": len(frame)}
+    if frame.empty:
+        return summary | {"final_accuracy": None, "best_accuracy": None, "targets": {}}
+    up, down = frame["bytes_up"].cumsum(), frame["bytes_down"].cumsum()
+    best = int(frame["test_accuracy"].idxmax()) if frame["test_accuracy"].notna().any() else 0
+    summary.update(
+        final_accuracy=float(frame["test_accuracy"].iloc[-1]),
+        best_accuracy=float(frame["test_accuracy"].max()),
+        best_round=int(frame["round"].iloc[best]),
+        total_bytes_up=int(up.iloc[-1]), total_bytes_down=int(down.iloc[-1]),
+        total_ideal_bits_up=int(frame["ideal_bits_up"].sum()),
+        total_ideal_bits_down=int(frame["ideal_bits_down"].sum()),
+        mean_bytes_per_round=float((frame["bytes_up"] + frame["bytes_down"]).mean()),
+        total_wall_s=float(frame["wall_s"].sum()),
+    )
+    summary["targets"] = {}
+    for target in targets:
+        hit = frame.index[frame["test_accuracy"] >= target]
+        if len(hit) == 0:
+            summary["targets"][f"{target:g}"] = None
+            continue
+        i = int(hit[0])
+        summary["targets"][f"{target:g}"] = {
+            "round": int(frame["round"].iloc[i]), "bytes_up": int(up.iloc[i]),
+            "bytes_total": int(up.iloc[i] + down.iloc[i]),
+        }
+    return summary
+
+
+class RunRecorder:
+    """Collects per-round rows; with an ``out_dir`` writes config.toml at once, metrics.csv
+    row by row (a long run's progress is visible) and summary.json at ``finish``.
+
+    Parameters
+    ----------
+    out_dir : Path or None
+        Output directory (created), or None to keep results in memory only.
+    cfg : ExperimentConfig
+        The resolved config, saved beside the results.
+    overwrite : bool
+        Allow replacing results already in ``out_dir``.
+    """
+
+    def __init__(self, out_dir: str | Path | None, cfg: ExperimentConfig, *, overwrite: bool = False) -> None:
+        self.cfg, self.rows = cfg, []
+        self.out_dir = Path(out_dir) if out_dir else None
+        if self.out_dir is not None:
+            check_out_dir(self.out_dir, overwrite)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "summary.json").unlink(missing_ok=True)
+            (self.out_dir / "config.toml").write_text(cfg.to_toml())
+            with (self.out_dir / "metrics.csv").open("w", newline="") as fh:
+                csv.writer(fh).writerow(METRIC_COLUMNS)
+
+    def record(self, outcome: RoundOutcome) -> dict[str, Any]:
+        """Add a round: append its row to metrics.csv and log one line."""
+        row = outcome_row(outcome)
+        self.rows.append(row)
+        if self.out_dir is not None:
+            with (self.out_dir / "metrics.csv").open("a", newline="") as fh:
+                csv.writer(fh).writerow([_fmt(row[c]) for c in METRIC_COLUMNS])
+        log.info(
+            "round %d: test_acc=%.4f train_loss=%.4f bytes_up=%d bytes_down=%d prune=%.3f (%.1fs)",
+            row["round"], row["test_accuracy"], row["train_loss"], row["bytes_up"], row["bytes_down"],
+            row["mean_prune_ratio"], row["wall_s"],
+        )
+        return row
+
+    def finish(self, **extra: Any) -> dict[str, Any]:
+        """Write summary.json (with ``extra`` entries, e.g. failures) and return it."""
+        summary = summarize(self.rows, self.cfg.target_accuracies) | extra
+        if self.out_dir is not None:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        return summary
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))
+
+
+def _fmt(value: Any) -> Any:
+    return repr(value) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {value!r}")

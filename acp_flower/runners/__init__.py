@@ -1,0 +1,1 @@
+"""Drivers that run the core in one process (the Flower drivers live in acp_flower.apps)."""

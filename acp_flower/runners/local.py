@@ -1,0 +1,137 @@
+"""Local in-process driver: every client and tail in one process (tests, notebooks, baseline)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from acp_flower.config import ExperimentConfig
+from acp_flower.metrics import RunRecorder, check_out_dir
+from acp_flower.runtime import (
+    ClientResult, ClientRuntime, Evaluator, ServerRuntime, ServerStats, build_client, build_server,
+    derive_seed, initial_states, resolve_device,
+)
+from strategies import ClientTask, RoundOutcome, get_strategy
+
+log = logging.getLogger("acp_flower")
+
+
+@dataclass
+class PreparedData:
+    """Datasets and the client partitions of a config."""
+
+    train_set: Dataset
+    test_set: Dataset
+    partitions: list[np.ndarray]
+    """Indices into ``train_set`` per client id."""
+
+
+def prepare_data(cfg: ExperimentConfig) -> PreparedData:
+    """Load (fetching if allowed) the datasets, subset them and partition the training data.
+
+    Every data-related mistake in the config raises here, before any output is written.
+    """
+    from acp_flower.data import dataset_labels, load_dataset, partition_indices
+
+    train_set = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=cfg.augment, download=cfg.download)
+    test_set = load_dataset(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
+    labels = dataset_labels(train_set)
+    pool = np.arange(len(labels))
+    if cfg.train_subset:
+        pool = _subset(len(labels), cfg.train_subset, cfg.seed, "train_subset", key=4)
+    if cfg.num_clients > len(pool):
+        raise ValueError(f"config key 'num_clients': {cfg.num_clients} clients but only {len(pool)} training samples")
+    parts = partition_indices(
+        labels[pool], cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
+        shards_per_client=cfg.shards_per_client, classes_per_client=cfg.classes_per_client,
+    )
+    empty = [cid for cid, p in enumerate(parts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"partition {cfg.partition!r} left clients {empty} without data; "
+                         "use fewer clients or another partition setting")
+    if cfg.test_subset:
+        test_set = Subset(test_set, _subset(len(test_set), cfg.test_subset, cfg.seed, "test_subset", key=5).tolist())
+    return PreparedData(train_set, test_set, [pool[p] for p in parts])
+
+
+def _subset(n: int, size: int, seed: int, key_name: str, key: int) -> np.ndarray:
+    if size > n:
+        raise ValueError(f"config key {key_name!r}: {size} requested but the dataset has {n} samples")
+    rng = np.random.default_rng(derive_seed(seed, key))
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+class LocalExecutor:
+    """Executor running clients and tails in this process; tails are created per slot."""
+
+    def __init__(self, cfg: ExperimentConfig, clients: dict[int, ClientRuntime], device: torch.device) -> None:
+        self.cfg, self.clients, self.device = cfg, clients, device
+        self.client_ids = sorted(clients)
+        self.servers: dict[int, ServerRuntime] = {}
+
+    def _server(self, slot: int) -> ServerRuntime:
+        if slot not in self.servers:
+            self.servers[slot] = build_server(self.cfg, self.device)
+        return self.servers[slot]
+
+    def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]:
+        if not interleave:
+            return [self.clients[t.client_id].train(t, self._server(t.tail_slot).step) for t in tasks]
+        if len({t.tail_slot for t in tasks}) > 1:
+            raise ValueError("interleaved tasks must share one tail slot")
+        gens = {t.client_id: self.clients[t.client_id].iter_train(t, self._server(t.tail_slot).step) for t in tasks}
+        results: dict[int, ClientResult] = {}
+        while gens:  # round-robin: one batch of each active client in task order
+            for cid in list(gens):
+                try:
+                    next(gens[cid])
+                except StopIteration as stop:
+                    results[cid] = stop.value
+                    del gens[cid]
+        return [results[t.client_id] for t in tasks]
+
+    def get_tail(self, slot: int):
+        return self._server(slot).get_state()
+
+    def set_tail(self, slot: int, state) -> None:
+        self._server(slot).set_state(state)
+
+    def pop_server_stats(self) -> ServerStats:
+        return sum((s.pop_stats() for s in self.servers.values()), ServerStats())
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, progress: bool = True,
+                   overwrite: bool = False) -> pd.DataFrame:
+    """Run a whole simulation in this process; returns the per-round metrics.
+
+    With ``out_dir``, writes config.toml, metrics.csv (as rounds finish) and summary.json.
+    """
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), overwrite)
+    data = prepare_data(cfg)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    clients = {cid: build_client(cfg, cid, data.train_set, part, device) for cid, part in enumerate(data.partitions)}
+    executor = LocalExecutor(cfg, clients, device)
+    strategy = get_strategy(cfg.scheme)()
+    strategy.initialize(executor, *initial_states(cfg))
+    evaluator = Evaluator(cfg, data.test_set, device)
+    recorder = RunRecorder(out_dir, cfg, overwrite=overwrite)
+    with tqdm(total=cfg.rounds, desc=f"{cfg.codec}/{cfg.scheme}", unit="round", disable=not progress) as bar:
+
+        def on_round_end(outcome: RoundOutcome) -> None:
+            row = recorder.record(outcome)
+            bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}")
+            bar.update()
+
+        strategy.start(executor, cfg.rounds, evaluator, on_round_end)
+    recorder.finish()
+    return recorder.frame()

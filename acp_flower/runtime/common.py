@@ -1,0 +1,55 @@
+"""Helpers shared by the client and server runtimes: devices, optimizers, seeds, models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from acp_flower.config import ExperimentConfig
+from acp_flower.models.resnet import SplitModel, split_resnet18
+
+StateDict = dict[str, torch.Tensor]
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available else CPU; an explicit CUDA device must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"config key 'device': {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """An independent 63-bit seed for a (seed, keys...) stream (e.g. a client's round)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def make_optimizer(cfg: ExperimentConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The configured optimizer (same kind and settings for heads and tails)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_split(cfg: ExperimentConfig) -> SplitModel:
+    """The split model for the config's dataset (random init from the current RNG)."""
+    from acp_flower.data import dataset_info
+
+    info = dataset_info(cfg.dataset)
+    return split_resnet18(info.num_classes, info.in_channels, cfg.cut_layer)
+
+
+def initial_states(cfg: ExperimentConfig) -> tuple[StateDict, StateDict]:
+    """Seeded initial (head_state, tail_state); identical for every driver."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, 0))
+        split = build_split(cfg)
+    return clone_state(split.head.state_dict()), clone_state(split.tail.state_dict())
+
+
+def clone_state(state: StateDict) -> StateDict:
+    """Detached CPU copies of a state dict's tensors."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

@@ -1,0 +1,59 @@
+"""Server runtime: the tail, its optimizer and one SL exchange per call (no Flower, no Ray)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from acp_flower.config import ExperimentConfig
+from acp_flower.runtime.common import StateDict, build_split, clone_state, make_optimizer
+from acp_flower.runtime.stats import ServerStats
+from acp_flower.wire import PayloadError, from_bytes, like, to_bytes
+
+
+class ServerRuntime:
+    """Holds a tail copy and its optimizer; ``step`` answers one smashed-data payload.
+
+    The server needs no codec: it rebuilds the dense smashed data from the payload and
+    sends the gradient back compressed like the payload (``wire.like``).
+    """
+
+    def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        self.tail, self.optimizer, self.device = tail.to(device), optimizer, device
+        self.stats = ServerStats()
+
+    def step(self, up: bytes) -> bytes:
+        """One exchange: decode, tail forward/backward, optimizer step, encode the gradient."""
+        payload = from_bytes(up)
+        if payload.labels is None:
+            raise PayloadError("smashed-data payload carries no labels")
+        x = payload.to_dense().to(self.device, non_blocking=True).requires_grad_()
+        y = payload.labels.to(self.device, non_blocking=True)
+        self.tail.train()
+        logits = self.tail(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            batch = y.numel()
+            self.stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == y).sum()), batch)
+        return to_bytes(like(payload, x.grad))
+
+    def pop_stats(self) -> ServerStats:
+        """Training totals since the last call."""
+        stats, self.stats = self.stats, ServerStats()
+        return stats
+
+    def get_state(self) -> StateDict:
+        return clone_state(self.tail.state_dict())
+
+    def set_state(self, state: StateDict) -> None:
+        """Replace the tail weights; the optimizer state is kept (it persists per slot)."""
+        self.tail.load_state_dict(state)
+
+
+def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
+    """A server runtime with a freshly built tail (load weights with ``set_state``)."""
+    tail = build_split(cfg).tail.to(device)
+    return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device)

@@ -1,0 +1,97 @@
+"""Plain result records exchanged between runtimes, strategies and drivers, and FedAvg."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrafficStats:
+    """Communication totals of a client over some steps (summable)."""
+
+    steps: int = 0
+    """Mini-batch exchanges."""
+    bytes_up: int = 0
+    """Serialized bytes client -> server (smashed data, labels, mask/indices)."""
+    bytes_down: int = 0
+    """Serialized bytes server -> client (gradients)."""
+    ideal_bits_up: int = 0
+    """Information content of the uplink under the RandTopk-paper convention."""
+    ideal_bits_down: int = 0
+    """Information content of the downlink under the same convention."""
+    prune_ratio_sum: float = 0.0
+    """Sum over steps of the fraction of smashed data the codec dropped."""
+
+    def __add__(self, other: TrafficStats) -> TrafficStats:
+        return TrafficStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class ServerStats:
+    """Training loss/accuracy totals seen by the server (summable)."""
+
+    loss_sum: float = 0.0
+    """Sum over samples of the cross-entropy loss."""
+    correct: int = 0
+    """Correctly classified training samples."""
+    samples: int = 0
+    """Training samples processed."""
+
+    def __add__(self, other: ServerStats) -> ServerStats:
+        return ServerStats(
+            self.loss_sum + other.loss_sum, self.correct + other.correct, self.samples + other.samples
+        )
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.samples if self.samples else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples if self.samples else float("nan")
+
+
+@dataclass
+class ClientResult:
+    """What a client reports after its local training in a round."""
+
+    client_id: int
+    head_state: StateDict
+    """The client's head weights (parameters and buffers) after training."""
+    num_examples: int
+    """Training samples the client processed this round (FedAvg weight)."""
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    codec_eval_state: StateDict = field(default_factory=dict)
+    """What the codec learned that evaluation needs (e.g. ACP-SL's historical scores)."""
+
+
+def fedavg_states(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
+    """Weighted average of state dicts; integer entries (BN counters) are rounded back.
+
+    Parameters
+    ----------
+    states : sequence of dict[str, Tensor]
+        State dicts with identical keys and shapes.
+    weights : sequence of float
+        Non-negative weights, e.g. numbers of examples; they need not sum to one.
+    """
+    if not states:
+        raise ValueError("fedavg_states needs at least one state dict")
+    if len(states) != len(weights):
+        raise ValueError(f"got {len(states)} states but {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
+    out: StateDict = {}
+    for key, ref in states[0].items():
+        acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights))
+        out[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
+    return out

@@ -1,0 +1,10 @@
+"""Shared test fixtures: seeded RNG, CPU only."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
