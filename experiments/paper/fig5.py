@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Fig. 5: ACP-SL channel scoring LCIS vs l0 vs random (non-IID).
+
+Same options as experiments/reproduce.py (runs: experiments/configs/paper/, panels:
+experiments/paper/manifest.toml), e.g. `python experiments/paper/fig5.py --rounds 1 --clients 2`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reproduce import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(["--figure", "5", *sys.argv[1:]]))
