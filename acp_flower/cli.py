@@ -1,4 +1,4 @@
-"""Command line: `acp-flower run` (local simulation) and `acp-flower data fetch`."""
+"""Command line: `acp-flower run` (local simulation), `acp-flower simulate` (the Flower app) and `acp-flower data fetch`."""
 
 from __future__ import annotations
 
@@ -50,12 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--no-progress", action="store_true")
     fetch.set_defaults(func=_cmd_fetch)
 
-    try:  # the Flower launcher registers `simulate` when the app package is present
-        from acp_flower.apps.launch import register_cli
-    except ImportError:
-        pass
-    else:
-        register_cli(sub)
+    from acp_flower.apps.launch import register_cli  # imports no Flower: `run` stays light
+
+    register_cli(sub)
     return parser
 
 

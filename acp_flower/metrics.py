@@ -23,6 +23,8 @@ METRIC_COLUMNS = (
     "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
 )
 RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
+PRUNE_TRACE_FILE = "prune_trace.csv"
+"""Local runner only: the pruning ratio of every uploaded mini-batch (eq. (10) study)."""
 
 
 def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
@@ -107,6 +109,7 @@ class RunRecorder:
             check_out_dir(self.out_dir, overwrite)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "summary.json").unlink(missing_ok=True)
+            (self.out_dir / PRUNE_TRACE_FILE).unlink(missing_ok=True)
             (self.out_dir / "config.toml").write_text(cfg.to_toml())
             with (self.out_dir / "metrics.csv").open("w", newline="") as fh:
                 csv.writer(fh).writerow(METRIC_COLUMNS)
@@ -124,6 +127,18 @@ class RunRecorder:
             row["mean_prune_ratio"], row["wall_s"],
         )
         return row
+
+    def record_prune_trace(self, server_round: int, trace: list[tuple[int, float]]) -> None:
+        """Append a round's per-upload pruning ratios to prune_trace.csv (a row per mini-batch)."""
+        if self.out_dir is None:
+            return
+        path = self.out_dir / PRUNE_TRACE_FILE
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(("round", "step", "tail_slot", "prune_ratio"))
+            writer.writerows((server_round, i, slot, repr(p)) for i, (slot, p) in enumerate(trace, 1))
 
     def finish(self, **extra: Any) -> dict[str, Any]:
         """Write summary.json (with ``extra`` entries, e.g. failures) and return it."""

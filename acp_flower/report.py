@@ -13,9 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+from acp_flower.metrics import PRUNE_TRACE_FILE
+
 __all__ = [
     "Curve", "Panel", "Figure", "load_manifest", "run_dir_for", "run_status", "prepare_run_dir",
-    "read_metrics", "first_reach", "summarize_run", "collect_runs", "aggregate", "to_markdown",
+    "read_metrics", "read_prune_trace", "first_reach", "summarize_run", "collect_runs", "aggregate", "to_markdown",
     "mean_curve", "plot_panel", "write_figure_report",
 ]
 
@@ -54,6 +56,8 @@ class Panel:
     curves: tuple[Curve, ...]
     extra_metrics: tuple[str, ...] = ()
     """metrics.csv columns plotted against the round besides test accuracy."""
+    prune_trace: bool = False
+    """Also plot the per-mini-batch pruning ratio (prune_trace.csv of the first seed)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def load_manifest(path: str | Path) -> dict[str, Figure]:
     for fig in raw.get("figure", []):
         panels = tuple(
             Panel(id=p["id"], title=p["title"], extra_metrics=tuple(p.get("extra_metrics", ())),
-                  curves=tuple(_curve(c) for c in p["curve"]))
+                  prune_trace=bool(p.get("prune_trace", False)), curves=tuple(_curve(c) for c in p["curve"]))
             for p in fig["panel"]
         )
         if str(fig["id"]) in figures:
@@ -152,6 +156,16 @@ def prepare_run_dir(run_dir: str | Path, expected_config: Mapping[str, Any] | No
 
 
 # ---------------------------------------------------------------- one run
+def read_prune_trace(run_dir: str | Path) -> pd.DataFrame | None:
+    """prune_trace.csv of a run (local runner) with a global ``iteration`` column, or None."""
+    path = Path(run_dir) / PRUNE_TRACE_FILE
+    if not path.exists():
+        return None
+    trace = pd.read_csv(path).sort_values(["round", "step"]).reset_index(drop=True)
+    trace["iteration"] = range(1, len(trace) + 1)
+    return trace
+
+
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """metrics.csv of a run, sorted by round, with cumulative traffic columns added.
 
@@ -335,7 +349,7 @@ def _draw(ax: Any, column: str, x: str, frames: Mapping[str, Sequence[pd.DataFra
 
 
 def plot_panel(panel: Panel, frames: Mapping[str, Sequence[pd.DataFrame]], path: str | Path,
-               targets: Sequence[float] = ()) -> Path:
+               targets: Sequence[float] = (), traces: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write one PNG: accuracy vs round, accuracy vs cumulative MB, then ``extra_metrics``.
 
     Parameters
@@ -348,6 +362,8 @@ def plot_panel(panel: Panel, frames: Mapping[str, Sequence[pd.DataFrame]], path:
         PNG to write.
     targets : sequence of float
         Target accuracies drawn as dashed horizontal lines.
+    traces : mapping of str to DataFrame, optional
+        Curve label -> ``read_prune_trace`` of one run: adds a pruning ratio vs iteration plot.
     """
     import matplotlib
 
@@ -355,9 +371,18 @@ def plot_panel(panel: Panel, frames: Mapping[str, Sequence[pd.DataFrame]], path:
     import matplotlib.pyplot as plt
 
     specs = [("test_accuracy", "round"), ("test_accuracy", "cum_mb")] + [(m, "round") for m in panel.extra_metrics]
-    fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 4), squeeze=False)
-    for ax, (column, x) in zip(axes[0], specs, strict=True):
+    fig, axes = plt.subplots(1, len(specs) + bool(traces), figsize=(5.2 * (len(specs) + bool(traces)), 4),
+                             squeeze=False)
+    for ax, (column, x) in zip(axes[0], specs, strict=False):
         _draw(ax, column, x, frames, targets)
+    if traces:
+        ax = axes[0][-1]
+        for label, trace in traces.items():
+            ax.plot(trace["iteration"], trace["prune_ratio"], linewidth=0.5, alpha=0.7, label=label)
+        ax.set_xlabel("iteration (mini-batch, all clients)")
+        ax.set_ylabel("pruning ratio P_t (first seed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(panel.title)
     fig.tight_layout()
@@ -392,7 +417,11 @@ def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Pa
         done = _finished(panel, runs_root, seeds)
         missing += [run_dir_for(runs_root, c, s) for c in panel.curves for s in seeds if s not in done[c.label]]
         frames = {label: [read_metrics(d) for d in by_seed.values()] for label, by_seed in done.items() if by_seed}
+        traces = {}
+        if panel.prune_trace:
+            traces = {label: t for label, by_seed in done.items() if by_seed
+                      and (t := read_prune_trace(by_seed[min(by_seed)])) is not None}
         if frames:
             plots.append(plot_panel(panel, frames, out_dir / f"fig{figure.id}_{panel.id}.png",
-                                    _panel_targets(panel, done)))
+                                    _panel_targets(panel, done), traces))
     return {"table": table, "markdown": markdown, "plots": plots, "missing": missing}

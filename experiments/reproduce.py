@@ -2,7 +2,7 @@
 """Reproduce a figure of the ACP-SL paper: run its configs (resumable), then tabulate and plot.
 
     python experiments/reproduce.py --figure 4 [--rounds R] [--seeds S] [--device D]
-        [--out DIR] [--clients C] [--set key=value ...] [--no-run] [--dry-run]
+        [--out DIR] [--clients C] [--set key=value ...] [--only GLOB] [--no-run] [--dry-run]
 
 Runs land in ``DIR/runs/<config stem>/seed<s>/`` (metrics.csv, summary.json, config.toml)
 and are shared between figures; a run with a summary.json is skipped, one without is
@@ -12,6 +12,7 @@ deleted and restarted. Tables and plots land in ``DIR/fig<id>/``. See docs/repro
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 import time
 import traceback
@@ -46,6 +47,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="config override applied to every run (repeatable), e.g. --set optimizer=adam")
     p.add_argument("--manifest", type=Path, default=MANIFEST, help="figure manifest (TOML)")
     p.add_argument("--configs", type=Path, default=CONFIG_DIR, help="directory of the curve configs")
+    p.add_argument("--only", action="append", default=[], metavar="GLOB",
+                   help="run only the configs whose stem matches this glob (repeatable), e.g. "
+                        "'fig4_fmnist_*'; tables still show every curve of the figure")
     p.add_argument("--no-run", action="store_true", help="only aggregate the runs already finished")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     return p.parse_args(argv)
@@ -78,6 +82,8 @@ def plan_runs(figures: Sequence[report.Figure], args: argparse.Namespace,
     for figure in figures:
         for panel in figure.panels:
             for curve in panel.curves:
+                if args.only and not any(fnmatch.fnmatchcase(Path(curve.config).stem, g) for g in args.only):
+                    continue
                 for seed in seeds:
                     run_dir = report.run_dir_for(args.out / "runs", curve, seed)
                     if run_dir not in runs:

@@ -232,6 +232,33 @@ def test_reproduce_resumes_and_aggregates_with_a_fake_runner(tmp_path):
     assert (tmp_path / "figeq10" / "figeq10_cifar10_noniid.png").exists()
 
 
+def test_reproduce_only_runs_the_matching_configs(tmp_path):
+    reproduce = _load_reproduce()
+    calls = []
+
+    def fake_runner(cfg, out_dir):
+        calls.append(out_dir.parent.name)
+        _write_run(out_dir, [0.5], cfg=cfg)
+
+    argv = ["--figure", "4", "--rounds", "1", "--out", str(tmp_path), "--set", "dataset=synthetic",
+            "--only", "fig4_fmnist_iid_*", "--only", "*_noniid_acp"]
+    assert reproduce.main(argv, runner=fake_runner) == 0
+    assert sorted(calls) == sorted(["fig4_fmnist_iid_standard", "fig4_fmnist_iid_randtopk", "fig4_fmnist_iid_quantize",
+                                    "fig4_fmnist_iid_acp", "fig4_cifar10_noniid_acp", "fig4_fmnist_noniid_acp"])
+
+
+def test_prune_trace_read_and_plotted(tmp_path):
+    run = _write_run(tmp_path / "runs" / "a" / "seed0", [0.1, 0.7])
+    pd.DataFrame({"round": [2, 1, 1], "step": [1, 2, 1], "tail_slot": 0,
+                  "prune_ratio": [0.8, 0.6, 0.7]}).to_csv(run / "prune_trace.csv", index=False)
+    trace = report.read_prune_trace(run)
+    assert list(trace["prune_ratio"]) == [0.7, 0.6, 0.8] and list(trace["iteration"]) == [1, 2, 3]
+    assert report.read_prune_trace(tmp_path) is None
+    panel = report.Panel("p", "t", (report.Curve("A", "a.toml"),), prune_trace=True)
+    path = report.plot_panel(panel, {"A": [report.read_metrics(run)]}, tmp_path / "x.png", (), {"A": trace})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_reproduce_reports_failed_runs_and_refuses_config_mismatch(tmp_path):
     reproduce = _load_reproduce()
 

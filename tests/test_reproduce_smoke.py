@@ -41,6 +41,7 @@ def test_eq10_script_runs_the_local_runner_and_resumes(tmp_path):
         metrics = pd.read_csv(run / "metrics.csv")
         assert list(metrics["round"]) == [1] and metrics["bytes_up"].iloc[0] > 0
         assert json.loads((run / "summary.json").read_text())["rounds_completed"] == 1
+        assert len(pd.read_csv(run / "prune_trace.csv")) > 0
     table = pd.read_csv(tmp_path / "figeq10" / "table.csv")
     assert list(table["curve"]) == ["ratio (default)", "literal eq. (10)"]
     assert (tmp_path / "figeq10" / "figeq10_cifar10_noniid.png").stat().st_size > 0

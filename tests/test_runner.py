@@ -87,3 +87,14 @@ def test_cli_run_and_errors(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "o" / "metrics.csv")) == 1
     assert main(["run", "--config", str(cfg_file), "--set", "codec=gzip", "--out", str(tmp_path / "p")]) == 2
     assert "'codec'" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_prune_trace_has_one_row_per_upload_matching_the_round_mean(tmp_path):
+    run_experiment(_cfg(codec="acp", acp_group_score="literal"), tmp_path / "out", progress=False)
+    trace = pd.read_csv(tmp_path / "out" / "prune_trace.csv")
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    # 2 clients x 128 samples / batch 32 = 8 uploads per round
+    assert trace.groupby("round").size().tolist() == [8, 8]
+    assert trace["prune_ratio"].between(0.6 - 1 / 64, 0.8 + 1 / 64).all()
+    means = trace.groupby("round")["prune_ratio"].mean().tolist()  # equal batch sizes: plain mean
+    assert means == pytest.approx(metrics["mean_prune_ratio"].tolist())

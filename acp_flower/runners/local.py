@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ from tqdm.auto import tqdm
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import RunRecorder, check_out_dir
 from acp_flower.runtime import (
-    ClientResult, ClientRuntime, Evaluator, ServerRuntime, ServerStats, build_client, build_server,
-    derive_seed, initial_states, resolve_device,
+    ClientResult, ClientRuntime, Evaluator, ServerStats, TailSlots, build_client, derive_seed,
+    initial_states, resolve_device,
 )
 from strategies import ClientTask, RoundOutcome, get_strategy
 
@@ -75,19 +76,14 @@ class LocalExecutor:
     def __init__(self, cfg: ExperimentConfig, clients: dict[int, ClientRuntime], device: torch.device) -> None:
         self.cfg, self.clients, self.device = cfg, clients, device
         self.client_ids = sorted(clients)
-        self.servers: dict[int, ServerRuntime] = {}
-
-    def _server(self, slot: int) -> ServerRuntime:
-        if slot not in self.servers:
-            self.servers[slot] = build_server(self.cfg, self.device)
-        return self.servers[slot]
+        self.tails = TailSlots(cfg, device, prune_trace=True)
 
     def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]:
         if not interleave:
-            return [self.clients[t.client_id].train(t, self._server(t.tail_slot).step) for t in tasks]
+            return [self.clients[t.client_id].train(t, partial(self.tails.step, t.tail_slot)) for t in tasks]
         if len({t.tail_slot for t in tasks}) > 1:
             raise ValueError("interleaved tasks must share one tail slot")
-        gens = {t.client_id: self.clients[t.client_id].iter_train(t, self._server(t.tail_slot).step) for t in tasks}
+        gens = {t.client_id: self.clients[t.client_id].iter_train(t, partial(self.tails.step, t.tail_slot)) for t in tasks}
         results: dict[int, ClientResult] = {}
         while gens:  # round-robin: one batch of each active client in task order
             for cid in list(gens):
@@ -99,13 +95,13 @@ class LocalExecutor:
         return [results[t.client_id] for t in tasks]
 
     def get_tail(self, slot: int):
-        return self._server(slot).get_state()
+        return self.tails.get(slot)
 
     def set_tail(self, slot: int, state) -> None:
-        self._server(slot).set_state(state)
+        self.tails.set(slot, state)
 
     def pop_server_stats(self) -> ServerStats:
-        return sum((s.pop_stats() for s in self.servers.values()), ServerStats())
+        return self.tails.pop_stats()
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, progress: bool = True,
@@ -129,6 +125,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
 
         def on_round_end(outcome: RoundOutcome) -> None:
             row = recorder.record(outcome)
+            recorder.record_prune_trace(outcome.server_round, executor.tails.pop_prune_trace())
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}")
             bar.update()
 

@@ -21,10 +21,14 @@ class ServerRuntime:
     def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
         self.tail, self.optimizer, self.device = tail.to(device), optimizer, device
         self.stats = ServerStats()
+        self.prune_trace: list[float] | None = None
+        """Set to a list to collect the pruned fraction of every upload (``pop_prune_trace``)."""
 
     def step(self, up: bytes) -> bytes:
         """One exchange: decode, tail forward/backward, optimizer step, encode the gradient."""
         payload = from_bytes(up)
+        if self.prune_trace is not None:
+            self.prune_trace.append(1.0 - payload.kept_fraction)
         if payload.labels is None:
             raise PayloadError("smashed-data payload carries no labels")
         x = payload.to_dense().to(self.device, non_blocking=True).requires_grad_()
@@ -45,6 +49,11 @@ class ServerRuntime:
         stats, self.stats = self.stats, ServerStats()
         return stats
 
+    def pop_prune_trace(self) -> list[float]:
+        """Per-upload pruned fractions since the last call."""
+        trace, self.prune_trace = self.prune_trace or [], []
+        return trace
+
     def get_state(self) -> StateDict:
         return clone_state(self.tail.state_dict())
 
@@ -57,3 +66,38 @@ def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
     """A server runtime with a freshly built tail (load weights with ``set_state``)."""
     tail = build_split(cfg).tail.to(device)
     return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device)
+
+
+class TailSlots:
+    """Tail copies by slot (created on first use), stepped one exchange at a time.
+
+    Shared by the local runner and the Flower app's ``flower`` and ``ray`` transports, so a
+    slot means the same tail (and optimizer) everywhere.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device, *, prune_trace: bool = False) -> None:
+        self.cfg, self.device, self.trace = cfg, device, prune_trace
+        self.servers: dict[int, ServerRuntime] = {}
+
+    def server(self, slot: int) -> ServerRuntime:
+        if slot not in self.servers:
+            self.servers[slot] = server = build_server(self.cfg, self.device)
+            if self.trace:
+                server.prune_trace = []
+        return self.servers[slot]
+
+    def step(self, slot: int, up: bytes) -> bytes:
+        return self.server(slot).step(up)
+
+    def get(self, slot: int) -> StateDict:
+        return self.server(slot).get_state()
+
+    def set(self, slot: int, state: StateDict) -> None:
+        self.server(slot).set_state(state)
+
+    def pop_stats(self) -> ServerStats:
+        return sum((s.pop_stats() for s in self.servers.values()), ServerStats())
+
+    def pop_prune_trace(self) -> list[tuple[int, float]]:
+        """(slot, pruned fraction) of every upload since the last call, slot by slot."""
+        return [(slot, p) for slot, s in sorted(self.servers.items()) for p in s.pop_prune_trace()]

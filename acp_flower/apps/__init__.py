@@ -1,0 +1,1 @@
+"""Flower drivers: ServerApp / ClientApp (``flower`` and ``ray`` transports) and the launcher."""

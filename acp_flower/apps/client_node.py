@@ -1,0 +1,115 @@
+"""ClientApp logic: one SuperNode is one SL client; its state lives in ``context.state``.
+
+The simulation engine pickles each node's Context to whichever client actor is free
+(no node-to-actor affinity), so ``context.state`` is the truth: the head, optimizer,
+codec and RNG state (``ClientRuntime.state_dict()``, ~100 kB) are loaded from it at the
+start of every round and saved into it at the end. The per-process caches below only
+save work: the prepared datasets and partitions (per config) and the built
+``ClientRuntime`` objects (per run and node), whose state is always overwritten from
+``context.state`` (or from the seeded initial state before the first round) before use.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from acp_flower.apps import records
+from acp_flower.config import ExperimentConfig
+from acp_flower.runtime import ClientRuntime, build_client, resolve_device
+from acp_flower.runtime.stats import ClientResult
+from strategies.base import ClientTask
+
+_DATA: dict[ExperimentConfig, object] = {}
+_RUNTIMES: dict[tuple[int, int], _CachedRuntime] = {}
+
+
+@dataclass
+class _CachedRuntime:
+    cfg: ExperimentConfig
+    client: ClientRuntime
+    initial_state: dict
+    """``state_dict()`` right after construction: the state before the first round."""
+
+
+def node_config(context: Context) -> tuple[ExperimentConfig, int]:
+    """The run's config and this node's client id (its partition id), cross-checked."""
+    cfg = ExperimentConfig.from_run_config(context.run_config)
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    if num_partitions != cfg.num_clients:
+        raise ValueError(f"the federation has {num_partitions} SuperNodes but num-clients={cfg.num_clients}: "
+                         f"pass --federation-config 'num-supernodes={cfg.num_clients}'")
+    return cfg, partition_id
+
+
+def prepared_data(cfg: ExperimentConfig):
+    """The datasets and partitions of ``cfg`` (cached per process, last config only)."""
+    from acp_flower.runners.local import prepare_data
+
+    if cfg not in _DATA:
+        _DATA.clear()
+        _DATA[cfg] = prepare_data(cfg)
+    return _DATA[cfg]
+
+
+def client_runtime(context: Context) -> ClientRuntime:
+    """This node's ClientRuntime with its state loaded from ``context.state``."""
+    cfg, client_id = node_config(context)
+    key = (context.run_id, context.node_id)
+    cached = _RUNTIMES.get(key)
+    if cached is None or cached.cfg != cfg:
+        data = prepared_data(cfg)
+        client = build_client(cfg, client_id, data.train_set, data.partitions[client_id], resolve_device(cfg.device))
+        cached = _RUNTIMES[key] = _CachedRuntime(cfg, client, client.state_dict())
+    saved = records.load_client_state(context.state)
+    cached.client.load_state_dict(saved if saved is not None else cached.initial_state)
+    return cached.client
+
+
+def save_state(context: Context, client: ClientRuntime, server_round: int) -> None:
+    """Persist the client's state after a round (context.state is the truth)."""
+    records.save_client_state(context.state, client.state_dict(), server_round)
+
+
+def check_task(task: ClientTask, client: ClientRuntime) -> None:
+    if task.client_id != client.client_id:
+        raise ValueError(f"task for client {task.client_id} was sent to the node of client {client.client_id}")
+
+
+def handle_hello(msg: Message, context: Context) -> Message:
+    """Report the partition id and the actor's Ray resources; warm the caches up."""
+    import ray
+
+    client = client_runtime(context)
+    resources = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+    reply = ConfigRecord({
+        "client-id": client.client_id, "num-examples": len(client.dataset), "pid": os.getpid(),
+        "num-cpus": float(resources.get("CPU", 0.0)), "num-gpus": float(resources.get("GPU", 0.0)),
+        "device": str(client.device),
+    })
+    return Message(RecordDict({records.HELLO: reply}), reply_to=msg)
+
+
+def handle_round(msg: Message, context: Context) -> Message:
+    """Ray transport: the whole local training of a round, one tail-actor call per batch."""
+    from acp_flower.apps.ray_tail import remote_exchange
+
+    t0 = time.perf_counter()
+    task, config = records.content_to_task(msg.content)
+    client = client_runtime(context)
+    check_task(task, client)
+    exchange, finish = remote_exchange(str(config["tail-actor"]), str(config["tail-namespace"]),
+                                       task.tail_slot, task.client_id)
+    try:
+        result: ClientResult = client.train(task, exchange)
+    finally:
+        if config["interleave"]:
+            finish()  # leave the round-robin cycle, also on failure
+    save_state(context, client, task.server_round)
+    content = records.result_to_content(result, pid=os.getpid())
+    content.config_records[records.RESULT]["handler-s"] = time.perf_counter() - t0
+    return Message(content, reply_to=msg)

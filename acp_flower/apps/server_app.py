@@ -1,0 +1,108 @@
+"""Flower ServerApp: runs the configured split-learning strategy over the SuperNodes.
+
+``flwr run .`` loads ``app`` (see ``[tool.flwr.app.components]``). The run config is the
+``ExperimentConfig`` in kebab-case; results go to ``out-dir`` (an absolute path: the app
+runs from a copy of the project under FLWR_HOME): metrics.csv, summary.json and
+config.toml, the same files as ``acp-flower run``, plus ``failures`` and ``status`` in
+summary.json. A run stopped by a failing client (``on-client-error = stop``) or any other
+error raises, so Flower marks it ``finished:failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from acp_flower.apps.executor import Channel, FlowerExecutor, discover_nodes
+from acp_flower.apps.ray_tail import RayTails
+from acp_flower.config import ExperimentConfig
+from acp_flower.metrics import RunRecorder
+from acp_flower.runtime import Evaluator, TailSlots, initial_states, resolve_device
+from strategies import get_strategy
+
+log = logging.getLogger("acp_flower")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point (thin adapter): run the experiment of ``context.run_config``."""
+    run_server(grid, ExperimentConfig.from_run_config(context.run_config))
+
+
+def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
+    """Run every round of ``cfg`` over ``grid``; write the outputs; return the summary."""
+    _setup_logging()
+    t0 = time.perf_counter()
+    if not cfg.out_dir:
+        log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
+    recorder = RunRecorder(cfg.out_dir or None, cfg)
+    executor: FlowerExecutor | None = None
+    tails = None
+    try:
+        executor, tails, evaluator = _setup(grid, cfg)
+        extra = {"transport": cfg.transport, "setup_s": time.perf_counter() - t0}
+        log.info("%d clients ready (transport=%s, %.1fs)", len(executor.client_ids), cfg.transport, extra["setup_s"])
+        strategy = get_strategy(cfg.scheme)()
+        strategy.initialize(executor, *initial_states(cfg))
+        strategy.start(executor, cfg.rounds, evaluator, recorder.record)
+    except BaseException as exc:
+        failures = executor.failures_as_dicts() if executor else []
+        stats = executor.stats.as_dict() if executor else {}
+        recorder.finish(status="failed", reason=f"{type(exc).__name__}: {exc}", failures=failures, exchange=stats)
+        log.error("run stopped: %s", exc)
+        raise
+    finally:
+        if isinstance(tails, RayTails):
+            tails.close()
+    return recorder.finish(status="completed", failures=executor.failures_as_dicts(),
+                           exchange=executor.stats.as_dict(), **extra)
+
+
+def _setup(grid: Grid, cfg: ExperimentConfig):
+    """Data and evaluator, the SuperNodes, and the tails of the configured transport.
+
+    The test data is prepared in a thread while the SuperNodes start (Ray, client actors).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from acp_flower.runners.local import prepare_data
+
+    device = resolve_device(cfg.device)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        evaluator = pool.submit(lambda: Evaluator(cfg, prepare_data(cfg).test_set, device))
+        channel = Channel(grid)
+        nodes, hellos = discover_nodes(channel, grid, cfg)
+        if cfg.transport == "ray":
+            tails, capacity = RayTails(cfg, grid.run.run_id), client_capacity(hellos.values())
+            log.info("tail actor %s on %s; %d client actors at once", tails.name, tails.info["device"], capacity)
+        else:
+            tails, capacity = TailSlots(cfg, device), 0
+        return FlowerExecutor(cfg, channel, nodes, tails, capacity), tails, evaluator.result()
+
+
+def client_capacity(hellos) -> int:
+    """How many ClientApps the Ray cluster runs at once (Flower's own pool-size rule)."""
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    hellos = list(hellos)
+    cpus = max(float(h["num-cpus"]) for h in hellos)
+    gpus = max(float(h["num-gpus"]) for h in hellos)
+    if cpus <= 0:
+        return len(hellos)
+    return pool_size_from_resources({"num_cpus": cpus, "num_gpus": gpus})
+
+
+def _setup_logging() -> None:
+    """Make the per-round lines of ``RunRecorder`` visible in the run's log."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s acp-flower %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.INFO)

@@ -1,0 +1,134 @@
+"""Real ``flwr run .`` simulations for the integration tests, run two at a time.
+
+Each run goes through the user-facing command, ``python -m acp_flower.cli simulate``,
+with its own FLWR_HOME and SuperLink (free ports), on synthetic data: 3 SuperNodes,
+2 rounds, 64 samples (2 mini-batches) per client. Start-up (SuperLink, Ray, actors that
+import torch) dominates, so the runs that the selected tests need are all started on first
+use, two at a time, and each test waits for its own (``bench``: the smoke run of
+experiments/bench_transport.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import tomli_w
+
+from acp_flower.config import ExperimentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = dict(dataset="synthetic", data_dir="", train_subset=192, test_subset=64, num_clients=3, rounds=2,
+            batch_size=32, eval_batch_size=64, optimizer="adam", lr=1e-3, codec="acp")
+RUNS: dict[str, tuple[dict, str]] = {
+    # name: (config changes, --federation-config)
+    "ray_v1": (dict(scheme="splitfed_v1"), "client-resources-num-cpus=1"),
+    "ray_v2_turns": (dict(scheme="splitfed_v2", partition="dirichlet", dirichlet_alpha=1.0),
+                     "client-resources-num-cpus=1 init-args-num-cpus=3"),
+    "flower_v2": (dict(scheme="splitfed_v2", transport="flower", partition="dirichlet", dirichlet_alpha=1.0),
+                  "client-resources-num-cpus=1"),
+    # 3 clients > 2 client actors: SplitFed-v2 on the ray transport falls back to per-batch
+    # messages with the tail in the actor
+    "ray_skip": (dict(scheme="splitfed_v2", fail_client=1, fail_round=1, on_client_error="skip"),
+                 "client-resources-num-cpus=1"),
+    "flower_stop": (dict(scheme="vanilla", transport="flower", fail_client=2, fail_round=1, rounds=1),
+                    "client-resources-num-cpus=1"),
+}
+RUN_TIMEOUT_S = 600
+BENCH_SMOKE = ["--rounds", "1", "--clients", "2", "--train-subset", "128", "--batch-size", "32", "--threads", "1"]
+
+
+@dataclass
+class FlwrRun:
+    """What one ``acp-flower simulate`` call left behind."""
+
+    cfg: ExperimentConfig
+    returncode: int
+    output: str
+    out_dir: Path
+    flwr_home: Path
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.out_dir / "metrics.csv")
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.out_dir / "summary.json").read_text())
+
+
+def config_of(name: str, root: Path) -> ExperimentConfig:
+    changes, _ = RUNS[name]
+    return ExperimentConfig.from_dict({**BASE, **changes, "out_dir": str(root / name / "out")})
+
+
+def run_simulate(name: str, root: Path) -> FlwrRun:
+    """``python -m acp_flower.cli simulate`` for run ``name`` (one torch thread per process)."""
+    cfg = config_of(name, root)
+    work = root / name
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = {k.replace("_", "-"): v for k, v in {**BASE, **RUNS[name][0]}.items()}
+    overrides["out-dir"] = cfg.out_dir
+    (work / "run.toml").write_text(tomli_w.dumps(overrides))
+    command = [sys.executable, "-m", "acp_flower.cli", "simulate", "--quiet", "--run-config", str(work / "run.toml"),
+               "--federation-config", RUNS[name][1], "--flwr-home", str(work / "flwr-home"),
+               "--timeout", str(RUN_TIMEOUT_S - 120)]  # simulate cleans up itself before we kill it
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          check=False)
+    return FlwrRun(cfg, proc.returncode, proc.stdout + proc.stderr, Path(cfg.out_dir), work / "flwr-home")
+
+
+def run_bench_smoke(root: Path) -> subprocess.CompletedProcess:
+    """experiments/bench_transport.py with --rounds 1 --clients 2 (two flwr runs, two local)."""
+    command = [sys.executable, str(REPO / "experiments" / "bench_transport.py"), *BENCH_SMOKE]
+    return subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=2 * RUN_TIMEOUT_S, check=False)
+
+
+class RunPool:
+    """Starts the requested runs (two at a time) once, and hands out their results."""
+
+    def __init__(self, root: Path, names: list[str], workers: int = 2) -> None:
+        self.root, self.lock = root, threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.futures: dict[str, Future] = {}
+        for name in sorted(names, key=lambda n: n != "bench"):  # the longest job first
+            self._submit(name)
+
+    def _submit(self, name: str) -> Future:
+        with self.lock:
+            if name not in self.futures:
+                job = (run_bench_smoke, self.root) if name == "bench" else (run_simulate, name, self.root)
+                self.futures[name] = self.pool.submit(*job)
+            return self.futures[name]
+
+    def get(self, name: str):
+        return self._submit(name).result(timeout=4 * RUN_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line or environment contains ``text`` (e.g. a run's FLWR_HOME,
+    which the SuperLink, SuperExec, simulation and Ray processes all inherit)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                if text in (proc / part).read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(proc.name))
+                    break
+            except OSError:
+                continue
+    return pids

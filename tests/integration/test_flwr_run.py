@@ -1,0 +1,106 @@
+"""End to end: ``flwr run .`` (through ``acp-flower simulate``) on both transports.
+
+Equivalence with the local runner: the bytes of every round must be identical (the same
+payloads cross the wire whatever carries them). Losses and accuracies are expected to be
+identical too, as every process runs the same operations on the same inputs with one
+torch thread; the tolerance (relative 1e-5, one test sample of accuracy) only allows for
+a different float summation order between processes, which we have not observed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from acp_flower.runners.local import run_experiment
+from tests.integration.flwr_runs import RunPool, processes_mentioning
+
+BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients"]
+
+
+def pytest_collection_names(session) -> list[str]:
+    return [m.args[0] for item in session.items for m in item.iter_markers("flwr_run")]
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    pool = RunPool(tmp_path_factory.mktemp("flwr"), pytest_collection_names(request.session))
+    yield pool
+    pool.close()
+
+
+def _assert_same_as_local(run) -> None:
+    assert run.returncode == 0, run.output[-3000:]
+    app = run.metrics
+    local = run_experiment(run.cfg.replace(out_dir=""), None, progress=False)
+    pd.testing.assert_frame_equal(app[BYTES], local[BYTES], check_exact=True, check_dtype=False)
+    for col in ("train_loss", "test_loss"):
+        assert app[col].tolist() == pytest.approx(local[col].tolist(), rel=1e-5), col
+    one_sample = 1.0 / run.cfg.test_subset
+    assert (app["test_accuracy"] - local["test_accuracy"]).abs().max() <= one_sample + 1e-9
+    summary = run.summary
+    assert summary["status"] == "completed" and summary["failures"] == []
+    assert not processes_mentioning(str(run.flwr_home)), "a SuperLink or simulation process was left running"
+
+
+@pytest.mark.flwr_run("ray_v1")
+def test_ray_transport_parallel_clients_equal_local(runs):
+    run = runs.get("ray_v1")
+    _assert_same_as_local(run)
+    # 3 clients on 2 client actors, in parallel: both actors served clients, and the
+    # per-client state (Adam moments, ACP history in context.state) carried over rounds
+    pids = run.summary["exchange"]["actor_pids"]
+    assert len(set().union(*pids.values())) == 2
+
+
+@pytest.mark.flwr_run("ray_v2_turns")
+def test_ray_transport_round_robin_tail_equals_local(runs):
+    run = runs.get("ray_v2_turns")
+    _assert_same_as_local(run)
+    # 3 client actors: one round message per client, the tail actor orders the batches
+    assert run.summary["exchange"]["messages"] == 3 * run.cfg.rounds
+
+
+@pytest.mark.flwr_run("flower_v2")
+def test_flower_transport_per_batch_equals_local(runs):
+    run = runs.get("flower_v2")
+    _assert_same_as_local(run)
+    exchange = run.summary["exchange"]
+    steps = int(run.metrics["bytes_up"].gt(0).sum())  # rounds with traffic
+    assert steps == run.cfg.rounds
+    assert exchange["messages"] > 3 * run.cfg.rounds  # one message per mini-batch (+1 per client)
+
+
+@pytest.mark.flwr_run("ray_skip")
+def test_failing_client_skipped_for_the_round(runs):
+    run = runs.get("ray_skip")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.metrics["clients"].tolist() == [2, 3]
+    assert run.summary["exchange"]["messages"] > 3 * run.cfg.rounds  # per-batch fallback
+    summary = run.summary
+    assert summary["status"] == "completed"
+    [failure] = summary["failures"]
+    assert (failure["server_round"], failure["client_id"]) == (1, 1)
+    assert failure["reason"] == "client 1 failed on purpose in round 1 (fail_client)"
+
+
+@pytest.mark.flwr_run("flower_stop")
+def test_failing_client_stops_the_run(runs):
+    run = runs.get("flower_stop")
+    assert run.returncode == 1
+    assert "finished:failed" in run.output and "client 2 failed in round 1" in run.output
+    summary = run.summary
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
+    assert summary["failures"][0]["client_id"] == 2
+    assert not processes_mentioning(str(run.flwr_home))
+
+
+@pytest.mark.flwr_run("bench")
+def test_bench_transport_smoke(runs):
+    proc = runs.get("bench")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratios: ray/local=\d+\.\d+ flower/local=\d+\.\d+", last), last
+    assert "bytes per round identical on all drivers" in proc.stdout
