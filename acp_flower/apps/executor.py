@@ -20,7 +20,8 @@ from flwr.serverapp import Grid
 from acp_flower.apps import records
 from acp_flower.apps.flower_exchange import ExchangeStats, run_exchange
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime.stats import ClientResult, ServerStats
+from acp_flower.runtime import TailSlotsExecutor
+from acp_flower.runtime.stats import ClientResult
 from strategies.base import ClientTask
 
 log = logging.getLogger("acp_flower")
@@ -109,7 +110,7 @@ def task_waves(tasks: Sequence[ClientTask]) -> list[list[ClientTask]]:
     return waves
 
 
-class FlowerExecutor:
+class FlowerExecutor(TailSlotsExecutor):
     """Executor whose clients are Flower SuperNodes.
 
     Parameters
@@ -192,15 +193,6 @@ class FlowerExecutor:
 
     def failures_as_dicts(self) -> list[dict]:
         return [asdict(f) for f in self.failures]
-
-    def get_tail(self, slot: int):
-        return self.tails.get(slot)
-
-    def set_tail(self, slot: int, state) -> None:
-        self.tails.set(slot, state)
-
-    def pop_server_stats(self) -> ServerStats:
-        return self.tails.pop_stats()
 
 
 def discover_nodes(channel: Channel, grid: Grid, cfg: ExperimentConfig, timeout: float = 300.0):

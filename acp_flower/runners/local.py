@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import RunRecorder, check_out_dir
 from acp_flower.runtime import (
-    ClientResult, ClientRuntime, Evaluator, ServerStats, TailSlots, build_client, derive_seed,
+    ClientResult, ClientRuntime, Evaluator, TailSlots, TailSlotsExecutor, build_client, derive_seed,
     initial_states, resolve_device,
 )
 from strategies import ClientTask, RoundOutcome, get_strategy
@@ -70,7 +70,7 @@ def _subset(n: int, size: int, seed: int, key_name: str, key: int) -> np.ndarray
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
-class LocalExecutor:
+class LocalExecutor(TailSlotsExecutor):
     """Executor running clients and tails in this process; tails are created per slot."""
 
     def __init__(self, cfg: ExperimentConfig, clients: dict[int, ClientRuntime], device: torch.device) -> None:
@@ -93,15 +93,6 @@ class LocalExecutor:
                     results[cid] = stop.value
                     del gens[cid]
         return [results[t.client_id] for t in tasks]
-
-    def get_tail(self, slot: int):
-        return self.tails.get(slot)
-
-    def set_tail(self, slot: int, state) -> None:
-        self.tails.set(slot, state)
-
-    def pop_server_stats(self) -> ServerStats:
-        return self.tails.pop_stats()
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, progress: bool = True,
