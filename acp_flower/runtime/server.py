@@ -50,8 +50,10 @@ class ServerRuntime:
         return stats
 
     def pop_prune_trace(self) -> list[float]:
-        """Per-upload pruned fractions since the last call."""
-        trace, self.prune_trace = self.prune_trace or [], []
+        """Per-upload pruned fractions since the last call (empty when tracing is off)."""
+        if self.prune_trace is None:  # popping must not switch tracing on
+            return []
+        trace, self.prune_trace = self.prune_trace, []
         return trace
 
     def get_state(self) -> StateDict:
