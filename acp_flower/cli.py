@@ -14,7 +14,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from acp_flower.runners.local import run_experiment
 
     cfg = ExperimentConfig.from_toml(args.config, args.set)
-    frame = run_experiment(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
+    frame = run_experiment(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite,
+                           checkpoint=args.checkpoint, resume=args.resume)
     last = frame.iloc[-1]
     print(f"done: {len(frame)} rounds, final test accuracy {last['test_accuracy']:.4f}; results in {args.out}")
     return 0
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable), e.g. --set codec=acp --set rounds=3")
     run.add_argument("--out", required=True, help="output directory for metrics.csv, summary.json, config.toml")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    run.add_argument("--checkpoint", action="store_true",
+                     help="write OUT/checkpoint.pt after every round (removed when the run finishes)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from OUT/checkpoint.pt (implies --checkpoint)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(func=_cmd_run)
 

@@ -17,6 +17,7 @@ ACP_SCORINGS = ("lcis", "l0", "random")
 ACP_RATIOS = ("adaptive", "fixed", "random")
 ACP_GROUP_SCORES = ("ratio", "literal")
 ACP_SCORE_MIXES = ("combined", "instant", "historical")
+ACP_EVAL_MASKS = ("hist", "all")
 QUANT_GRANULARITIES = ("tensor", "channel")
 TRANSPORTS = ("ray", "flower")
 ERROR_POLICIES = ("stop", "skip")
@@ -92,6 +93,8 @@ class ExperimentConfig:
     """Group score of eq. (10): ratio (intra/inter, well defined) or literal (0/0, see docs)."""
     acp_score_mix: str = "combined"
     """Channel score used for pruning: combined (eq. 8), instant (eq. 6), historical (eq. 7)."""
+    acp_eval_mask: str = "hist"
+    """Channels ACP keeps at inference (no labels): hist (top by S_hist at the last ratio) or all."""
     p_min: float = 0.6
     """Minimum pruning ratio."""
     p_base: float = 0.7
@@ -131,6 +134,7 @@ class ExperimentConfig:
         _check_choice("acp_ratio", self.acp_ratio, ACP_RATIOS)
         _check_choice("acp_group_score", self.acp_group_score, ACP_GROUP_SCORES)
         _check_choice("acp_score_mix", self.acp_score_mix, ACP_SCORE_MIXES)
+        _check_choice("acp_eval_mask", self.acp_eval_mask, ACP_EVAL_MASKS)
         _check_choice("quantize_granularity", self.quantize_granularity, QUANT_GRANULARITIES)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_choice("on_client_error", self.on_client_error, ERROR_POLICIES)
@@ -283,3 +287,17 @@ def _toml_value(v: Any) -> str:
 
 
 DEFAULT_CONFIG = ExperimentConfig()
+
+RESULT_NEUTRAL_KEYS = frozenset({"device", "out_dir", "data_dir", "download"})
+"""Keys that say where a run runs and keeps its files, not what it computes."""
+
+
+def config_diff(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
+    """Keys whose value in ``saved`` (a run's config.toml or checkpoint) differs from ``cfg``.
+
+    ``RESULT_NEUTRAL_KEYS`` and unknown keys in ``saved`` are ignored; a key missing from
+    ``saved`` counts as its default, so runs saved before a key was added still match.
+    """
+    defaults, current = DEFAULT_CONFIG.to_dict(), cfg.to_dict()
+    return sorted(k for k, v in current.items()
+                  if k not in RESULT_NEUTRAL_KEYS and saved.get(k, defaults[k]) != v)

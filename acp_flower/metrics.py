@@ -23,6 +23,8 @@ METRIC_COLUMNS = (
     "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
 )
 RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
+CHECKPOINT_FILE = "checkpoint.pt"
+"""Local runner with checkpointing: the state after the last finished round (acp_flower.runners.checkpoint)."""
 PRUNE_TRACE_FILE = "prune_trace.csv"
 """Local runner only: the pruning ratio of every uploaded mini-batch (eq. (10) study)."""
 
@@ -100,19 +102,40 @@ class RunRecorder:
         The resolved config, saved beside the results.
     overwrite : bool
         Allow replacing results already in ``out_dir``.
+    resume_rows : list of dict, optional
+        Continue a run from a checkpoint: its rows so far. metrics.csv is rewritten with
+        them and prune_trace.csv cut to their rounds (a round recorded after the
+        checkpoint was taken is dropped and will be run again).
     """
 
-    def __init__(self, out_dir: str | Path | None, cfg: ExperimentConfig, *, overwrite: bool = False) -> None:
-        self.cfg, self.rows = cfg, []
+    def __init__(self, out_dir: str | Path | None, cfg: ExperimentConfig, *, overwrite: bool = False,
+                 resume_rows: list[dict[str, Any]] | None = None) -> None:
+        self.cfg, self.rows = cfg, list(resume_rows or [])
         self.out_dir = Path(out_dir) if out_dir else None
         if self.out_dir is not None:
-            check_out_dir(self.out_dir, overwrite)
+            if resume_rows is None:
+                check_out_dir(self.out_dir, overwrite)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "summary.json").unlink(missing_ok=True)
-            (self.out_dir / PRUNE_TRACE_FILE).unlink(missing_ok=True)
+            self._cut_prune_trace(self.rows[-1]["round"] if self.rows else 0)
             (self.out_dir / "config.toml").write_text(cfg.to_toml())
             with (self.out_dir / "metrics.csv").open("w", newline="") as fh:
-                csv.writer(fh).writerow(METRIC_COLUMNS)
+                writer = csv.writer(fh)
+                writer.writerow(METRIC_COLUMNS)
+                writer.writerows([_fmt(row[c]) for c in METRIC_COLUMNS] for row in self.rows)
+
+    def _cut_prune_trace(self, last_round: int) -> None:
+        path = self.out_dir / PRUNE_TRACE_FILE
+        if last_round == 0 or not path.exists():
+            path.unlink(missing_ok=True)
+            return
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= last_round]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            csv.writer(fh).writerows(kept)
+        tmp.replace(path)
 
     def record(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Add a round: append its row to metrics.csv and log one line."""

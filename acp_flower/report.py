@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from acp_flower.metrics import PRUNE_TRACE_FILE
+from acp_flower.config import ExperimentConfig, config_diff
+from acp_flower.metrics import CHECKPOINT_FILE, PRUNE_TRACE_FILE
 
 __all__ = [
     "Curve", "Panel", "Figure", "load_manifest", "run_dir_for", "run_status", "prepare_run_dir",
@@ -24,7 +25,6 @@ __all__ = [
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.csv", "summary.json", "config.toml"
 # Keys that may differ between the config a run was made with and the one asked for now
 # without changing its results (where it ran, where files live).
-IGNORED_CONFIG_KEYS = frozenset({"device", "out_dir", "data_dir", "download"})
 BYTES_PER_MB = 1e6
 
 
@@ -124,8 +124,8 @@ def run_status(run_dir: str | Path) -> str:
 def prepare_run_dir(run_dir: str | Path, expected_config: Mapping[str, Any] | None = None) -> bool:
     """Make a run directory ready; return whether the run must be (re)started.
 
-    A complete run is kept (False); an interrupted one is deleted (True); a missing one is
-    to be made (True).
+    A complete run is kept (False); an interrupted one is deleted (True) unless it has a
+    checkpoint to resume from (kept, True); a missing one is to be made (True).
 
     Parameters
     ----------
@@ -134,19 +134,18 @@ def prepare_run_dir(run_dir: str | Path, expected_config: Mapping[str, Any] | No
     expected_config : mapping, optional
         The resolved config (``ExperimentConfig.to_dict()``) the run should have. If a
         complete run's ``config.toml`` differs in one of its keys that matters (all but
-        ``IGNORED_CONFIG_KEYS``; extra keys in the file are ignored), ``ValueError`` is
+        ``RESULT_NEUTRAL_KEYS``; extra keys in the file are ignored, missing ones count as defaults), ``ValueError`` is
         raised rather than reusing or deleting the run.
     """
     status = run_status(run_dir)
-    if status == "partial":
+    if status == "partial" and not (Path(run_dir) / CHECKPOINT_FILE).exists():
         shutil.rmtree(run_dir)
     if status != "complete":
         return True
     if expected_config is not None:
         with (Path(run_dir) / CONFIG_FILE).open("rb") as fh:
             saved = tomllib.load(fh)
-        expected = {k: list(v) if isinstance(v, tuple) else v for k, v in expected_config.items()}
-        diff = sorted(k for k, v in expected.items() if k not in IGNORED_CONFIG_KEYS and saved.get(k) != v)
+        diff = config_diff(saved, ExperimentConfig.from_dict(dict(expected_config)))
         if diff:
             raise ValueError(
                 f"{run_dir} holds a finished run with a different config (keys {diff}); "
@@ -218,27 +217,40 @@ def _panel_targets(panel: Panel, done: Mapping[str, Mapping[int, Path]]) -> list
 
 
 # ---------------------------------------------------------------- aggregation
-def _finished(panel: Panel, runs_root: str | Path, seeds: Sequence[int]) -> dict[str, dict[int, Path]]:
-    """Curve label -> seed -> directory, for the panel's runs with a complete summary.json."""
+def _finished(panel: Panel, runs_root: str | Path, seeds: Sequence[int],
+              partial: bool = False) -> dict[str, dict[int, Path]]:
+    """Curve label -> seed -> directory, for the panel's runs with a complete summary.json
+    (with ``partial``, also unfinished runs with at least one round in metrics.csv)."""
     dirs = {c.label: {s: run_dir_for(runs_root, c, s) for s in seeds} for c in panel.curves}
-    return {label: {s: d for s, d in by_seed.items() if run_status(d) == "complete"}
+    return {label: {s: d for s, d in by_seed.items() if run_status(d) == "complete"
+                    or (partial and run_status(d) == "partial" and _has_rounds(d))}
             for label, by_seed in dirs.items()}
 
 
-def collect_runs(figure: Figure, runs_root: str | Path, seeds: Sequence[int]) -> pd.DataFrame:
+def _has_rounds(run_dir: Path) -> bool:
+    try:
+        return len(read_metrics(run_dir)) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def collect_runs(figure: Figure, runs_root: str | Path, seeds: Sequence[int],
+                 partial: bool = False) -> pd.DataFrame:
     """One row per finished run of the figure (panel, curve, seed + ``summarize_run`` keys).
 
-    Runs without a complete summary.json are left out. Every row also carries the panel's
+    Runs without a complete summary.json are left out unless ``partial`` (then they count
+    with the rounds they have, ``complete`` False). Every row also carries the panel's
     targets as ``targets`` (a tuple) so that ``aggregate`` can lay out its columns.
     """
     rows = []
     for panel in figure.panels:
-        done = _finished(panel, runs_root, seeds)
+        done = _finished(panel, runs_root, seeds, partial)
         targets = _panel_targets(panel, done)
         for curve in panel.curves:
             for seed, run_dir in done[curve.label].items():
                 rows.append({"figure": figure.id, "panel": panel.id, "curve": curve.label, "config": curve.config,
                              "seed": seed, "targets": tuple(targets),
+                             "complete": run_status(run_dir) == "complete",
                              **summarize_run(read_metrics(run_dir), targets)})
     return pd.DataFrame(rows)
 
@@ -260,6 +272,7 @@ def aggregate(runs: pd.DataFrame, figure: Figure) -> pd.DataFrame:
             row[f"{key}_std"] = 100 * g[key].std(ddof=1)
         row["paper_final_accuracy"] = curve.paper_final_accuracy
         row["rounds_completed_mean"] = g["rounds_completed"].mean()
+        row["complete"] = bool(g["complete"].all()) if "complete" in g else True
         row["total_mb_mean"] = g["total_mb"].mean()
         row["wall_s_total"] = g["wall_s"].sum()
         for t in g["targets"].iloc[0]:
@@ -304,8 +317,10 @@ def to_markdown(table: pd.DataFrame) -> str:
     for _, row in table.iterrows():
         cells = "; ".join(c for c in (_target_cell(row, t) for t in targets) if c) or "-"
         paper = row["paper_final_accuracy"]
+        curve = row["curve"] if row.get("complete", True) else (
+            f"{row['curve']} (partial: {row['rounds_completed_mean']:.0f} rounds)")
         lines.append(
-            f"| {row['panel']} | {row['curve']} | {int(row['seeds'])} "
+            f"| {row['panel']} | {curve} | {int(row['seeds'])} "
             f"| {_pm(row['final_accuracy_mean'], row['final_accuracy_std'])} "
             f"| {_pm(row['best_accuracy_mean'], row['best_accuracy_std'])} "
             f"| {'-' if paper is None or pd.isna(paper) else f'{paper:.2f}'} | {cells} "
@@ -394,8 +409,11 @@ def plot_panel(panel: Panel, frames: Mapping[str, Sequence[pd.DataFrame]], path:
 
 
 def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Path,
-                        seeds: Sequence[int]) -> dict[str, Any]:
+                        seeds: Sequence[int], partial: bool = False) -> dict[str, Any]:
     """Aggregate a figure's finished runs into table.md, table.csv, runs.csv and one PNG per panel.
+
+    With ``partial``, unfinished runs are included with the rounds they have so far (the
+    table marks them); ``missing`` still lists every run without a summary.json.
 
     Returns
     -------
@@ -405,7 +423,7 @@ def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Pa
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = collect_runs(figure, runs_root, seeds)
+    runs = collect_runs(figure, runs_root, seeds, partial)
     table = aggregate(runs, figure) if not runs.empty else pd.DataFrame()
     markdown = f"# {figure.title}\n\n{figure.note}\n\n" + (to_markdown(table) if not table.empty else
                                                             "No finished runs.\n")
@@ -414,8 +432,9 @@ def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Pa
     runs.drop(columns="targets", errors="ignore").to_csv(out_dir / "runs.csv", index=False)
     plots, missing = [], []
     for panel in figure.panels:
-        done = _finished(panel, runs_root, seeds)
-        missing += [run_dir_for(runs_root, c, s) for c in panel.curves for s in seeds if s not in done[c.label]]
+        done = _finished(panel, runs_root, seeds, partial)
+        missing += [run_dir_for(runs_root, c, s) for c in panel.curves for s in seeds
+                    if run_status(run_dir_for(runs_root, c, s)) != "complete"]
         frames = {label: [read_metrics(d) for d in by_seed.values()] for label, by_seed in done.items() if by_seed}
         traces = {}
         if panel.prune_trace:

@@ -2,11 +2,11 @@
 """Reproduce a figure of the ACP-SL paper: run its configs (resumable), then tabulate and plot.
 
     python experiments/reproduce.py --figure 4 [--rounds R] [--seeds S] [--device D]
-        [--out DIR] [--clients C] [--set key=value ...] [--only GLOB] [--no-run] [--dry-run]
+        [--out DIR] [--clients C] [--set key=value ...] [--only GLOB] [--no-run] [--partial] [--dry-run]
 
 Runs land in ``DIR/runs/<config stem>/seed<s>/`` (metrics.csv, summary.json, config.toml)
-and are shared between figures; a run with a summary.json is skipped, one without is
-deleted and restarted. Tables and plots land in ``DIR/fig<id>/``. See docs/reproduce.md.
+and are shared between figures; a run with a summary.json is skipped; an interrupted one
+resumes from its last round's checkpoint.pt (or restarts if it has none). Tables and plots land in ``DIR/fig<id>/``. See docs/reproduce.md.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run only the configs whose stem matches this glob (repeatable), e.g. "
                         "'fig4_fmnist_*'; tables still show every curve of the figure")
     p.add_argument("--no-run", action="store_true", help="only aggregate the runs already finished")
+    p.add_argument("--partial", action="store_true",
+                   help="tables and plots also show unfinished runs (their rounds so far, marked partial)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     return p.parse_args(argv)
 
@@ -92,10 +94,11 @@ def plan_runs(figures: Sequence[report.Figure], args: argparse.Namespace,
 
 
 def local_runner(cfg: ExperimentConfig, out_dir: Path) -> Any:
-    """Run one config with the in-process driver (imported lazily: aggregating needs no training)."""
+    """Run one config with the in-process driver, resuming from a checkpoint (imported lazily:
+    aggregating needs no training)."""
     from acp_flower.runners.local import run_experiment
 
-    return run_experiment(cfg, out_dir, progress=True)
+    return run_experiment(cfg, out_dir, progress=True, resume=True)
 
 
 def execute(plan: Sequence[tuple[ExperimentConfig, Path]], runner: Runner, dry_run: bool = False) -> list[Path]:
@@ -140,7 +143,8 @@ def main(argv: Sequence[str] | None = None, runner: Runner = local_runner) -> in
     if args.dry_run:
         return 0
     for figure in figures:
-        result = report.write_figure_report(figure, args.out / "runs", args.out / f"fig{figure.id}", seeds)
+        result = report.write_figure_report(figure, args.out / "runs", args.out / f"fig{figure.id}", seeds,
+                                            partial=args.partial)
         print(f"\n{result['markdown']}")
         for path in result["plots"]:
             print(f"plot: {path}")

@@ -85,6 +85,14 @@ class SLStrategy(ABC):
         self.tail_state = tail_state
         executor.set_tail(0, tail_state)
 
+    def state_dict(self) -> dict[str, StateDict]:
+        """The global model and codec evaluation state (what a resumed run starts from)."""
+        return {"head": self.head_state, "tail": self.tail_state, "codec_eval": self.codec_eval_state}
+
+    def load_state_dict(self, state: dict[str, StateDict]) -> None:
+        self.head_state, self.tail_state = state["head"], state["tail"]
+        self.codec_eval_state = state["codec_eval"]
+
     @abstractmethod
     def train_round(self, server_round: int, executor: Executor) -> list[ClientResult]:
         """Train one round; update ``head_state``, ``tail_state`` and ``codec_eval_state``."""

@@ -150,6 +150,21 @@ def test_collect_runs_ignores_unfinished(tmp_path):
     assert list(runs["seed"]) == [0]
 
 
+def test_partial_runs_are_shown_only_when_asked_and_marked(tmp_path):
+    figure = _prepare_figure()
+    _write_run(tmp_path / "runs" / "a" / "seed0", [0.2, 0.7, 0.6], finished=False)
+    _write_run(tmp_path / "runs" / "b" / "seed0", [0.4, 0.5])
+    (tmp_path / "runs" / "b" / "seed1").mkdir(parents=True)  # started, no round yet
+    result = report.write_figure_report(figure, tmp_path / "runs", tmp_path / "out", [0, 1], partial=True)
+    row = next(line for line in result["markdown"].splitlines() if line.startswith("| p | A"))
+    assert row.startswith("| p | A (partial: 3 rounds) | 1 | 60.00 | 70.00 |") and "65%: 2.0 (1/1)" in row
+    assert "| p | B | 1 | 50.00 |" in result["markdown"], "complete runs are not marked"
+    assert len(result["plots"]) == 1
+    assert sorted(p.parent.name + "/" + p.name for p in result["missing"]) == ["a/seed0", "a/seed1", "b/seed1"]
+    finished_only = report.write_figure_report(figure, tmp_path / "runs", tmp_path / "out2", [0, 1])
+    assert "| p | A" not in finished_only["markdown"]
+
+
 def test_markdown_lists_ours_next_to_paper(tmp_path):
     figure = _prepare_figure()
     _write_run(tmp_path / "a" / "seed0", [0.1, 0.7])
@@ -198,6 +213,21 @@ def test_prepare_run_dir_keeps_finished_cleans_unfinished(tmp_path):
     with pytest.raises(ValueError, match="rounds"):
         report.prepare_run_dir(done, cfg.replace(rounds=3).to_dict())
     assert (done / "summary.json").exists(), "a mismatching finished run is never deleted"
+
+
+def test_prepare_run_dir_keeps_a_checkpointed_partial_run_and_old_configs_match(tmp_path):
+    cfg = ExperimentConfig(dataset="synthetic", rounds=2)
+    partial = _write_run(tmp_path / "partial", [0.1], cfg=cfg, finished=False)
+    (partial / "checkpoint.pt").write_bytes(b"state")
+    assert report.prepare_run_dir(partial, cfg.to_dict()) is True
+    assert (partial / "checkpoint.pt").exists() and (partial / "metrics.csv").exists(), "kept to resume"
+    # a run saved before a config key existed matches when the key has its default
+    done = _write_run(tmp_path / "done", [0.1, 0.2], cfg=cfg)
+    text = (done / "config.toml").read_text()
+    (done / "config.toml").write_text("".join(l for l in text.splitlines(True) if not l.startswith("p_max")))
+    assert report.prepare_run_dir(done, cfg.to_dict()) is False
+    with pytest.raises(ValueError, match="p_max"):
+        report.prepare_run_dir(done, cfg.replace(p_max=0.9).to_dict())
 
 
 def test_reproduce_resumes_and_aggregates_with_a_fake_runner(tmp_path):

@@ -58,3 +58,11 @@ def test_figure_scripts_accept_smoke_options(tmp_path, script):
     assert lines and all(line.endswith(": missing") for line in lines)
     if extra:
         assert len(lines) == 28, "unique runs over all figures (shared configs once)"
+
+
+def test_step_benchmark_prints_its_ratios():
+    result = _run("experiments/bench_step.py", "--steps", "1", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ratios = dict(kv.split("=") for kv in result.stdout.strip().splitlines()[-1].removeprefix("ratios: ").split())
+    assert set(ratios) == {"standard/bare", "acp/standard", "bare/bare_nchw"}
+    assert all(float(v) > 0 for v in ratios.values())

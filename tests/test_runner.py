@@ -85,6 +85,9 @@ def test_cli_run_and_errors(tmp_path, capsys):
     assert main(["run", "--config", str(cfg_file), "--set", "rounds=1", "--set", "codec=quantize",
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     assert len(pd.read_csv(tmp_path / "o" / "metrics.csv")) == 1
+    assert main(["run", "--config", str(cfg_file), "--set", "rounds=1", "--set", "codec=quantize",
+                 "--out", str(tmp_path / "o"), "--no-progress", "--resume"]) == 2  # finished: nothing to resume
+    assert "finished run" in capsys.readouterr().err
     assert main(["run", "--config", str(cfg_file), "--set", "codec=gzip", "--out", str(tmp_path / "p")]) == 2
     assert "'codec'" in capsys.readouterr().err and not (tmp_path / "p").exists()
 

@@ -100,13 +100,15 @@ class AcpCodec(Codec):
     (combined | instant | historical: eq. 8, 6 or 7 for ranking), ``p_min/p_base/p_max``.
     The adaptive ratio always uses LCIS's group score, so the scoring ablation changes
     only which channels are kept. Inference keeps the top channels by S_hist at the last
-    training ratio (the combined score at t = T equals S_hist), needing no labels.
+    training ratio (the combined score at t = T equals S_hist), needing no labels; with
+    ``acp_eval_mask = "all"`` it keeps every channel (an ablation: the paper is silent).
     """
 
     def __init__(self, cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> None:
         super().__init__(cfg, total_steps=total_steps, seed=seed)
         self.scoring, self.ratio_mode = cfg.acp_scoring, cfg.acp_ratio
         self.group_score, self.score_mix = cfg.acp_group_score, cfg.acp_score_mix
+        self.eval_mask = cfg.acp_eval_mask
         self.p_min, self.p_base, self.p_max = cfg.p_min, cfg.p_base, cfg.p_max
         self.t = 0
         self.s_hist: torch.Tensor | None = None  # N, float64 (eq. 7)
@@ -157,7 +159,7 @@ class AcpCodec(Codec):
         n = smashed.shape[1]
         if not train:
             scores = self.s_hist if self.s_hist is not None else torch.zeros(n, dtype=torch.float64)
-            return self._prune(smashed, scores, self.last_ratio)
+            return self._prune(smashed, scores, self.last_ratio if self.eval_mask == "hist" else 0.0)
         if labels is None:
             raise ValueError("ACP-SL needs the batch labels to score channels during training")
         self.t += 1

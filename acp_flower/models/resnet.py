@@ -57,8 +57,13 @@ def split_resnet18(num_classes: int, in_channels: int = 3, cut_layer: int = 4) -
     """Build and split ResNet-18; default cut = paper's (conv1, bn1, relu, maxpool on the client).
 
     For 32x32 inputs the smashed data is 64 x 8 x 8; for 28x28 inputs 64 x 7 x 7.
+
+    The weights are channels-last: oneDNN then runs the whole network in NHWC, which on
+    CPU makes a training step ~25-30% faster (the 1x1-spatial layer4 convolutions' backward
+    pass is slow in NCHW); inputs and outputs stay ordinary NCHW tensors.
     """
-    return split_model(build_resnet18(num_classes, in_channels), cut_layer)
+    model = build_resnet18(num_classes, in_channels).to(memory_format=torch.channels_last)
+    return split_model(model, cut_layer)
 
 
 def smashed_shape(split: SplitModel, in_channels: int, image_size: int) -> torch.Size:

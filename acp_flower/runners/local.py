@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import RunRecorder, check_out_dir
+from acp_flower.runners.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from acp_flower.runtime import (
     ClientResult, ClientRuntime, Evaluator, TailSlots, TailSlotsExecutor, build_client, derive_seed,
     initial_states, resolve_device,
@@ -96,13 +97,23 @@ class LocalExecutor(TailSlotsExecutor):
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, progress: bool = True,
-                   overwrite: bool = False) -> pd.DataFrame:
+                   overwrite: bool = False, checkpoint: bool = False, resume: bool = False) -> pd.DataFrame:
     """Run a whole simulation in this process; returns the per-round metrics.
 
     With ``out_dir``, writes config.toml, metrics.csv (as rounds finish) and summary.json.
+    ``checkpoint`` also writes ``out_dir/checkpoint.pt`` after every round (removed when the
+    run finishes); ``resume`` continues from that checkpoint if there is one (and keeps
+    checkpointing), giving the same metrics as an uninterrupted run. Without a checkpoint,
+    ``resume`` restarts an unfinished run and refuses a finished one.
     """
-    if out_dir is not None:
-        check_out_dir(Path(out_dir), overwrite)
+    checkpoint = checkpoint or resume
+    if checkpoint and out_dir is None:
+        raise ValueError("checkpoint/resume need an out_dir")
+    ckpt = load_checkpoint(out_dir, cfg) if resume else None
+    if out_dir is not None and ckpt is None:
+        if resume and (Path(out_dir) / "summary.json").exists():
+            raise FileExistsError(f"output directory {out_dir} holds a finished run; nothing to resume")
+        check_out_dir(Path(out_dir), overwrite or resume)
     data = prepare_data(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -111,15 +122,33 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     strategy = get_strategy(cfg.scheme)()
     strategy.initialize(executor, *initial_states(cfg))
     evaluator = Evaluator(cfg, data.test_set, device)
-    recorder = RunRecorder(out_dir, cfg, overwrite=overwrite)
-    with tqdm(total=cfg.rounds, desc=f"{cfg.codec}/{cfg.scheme}", unit="round", disable=not progress) as bar:
+    first_round = 1
+    if ckpt is not None:
+        strategy.load_state_dict(ckpt.strategy)
+        for cid, state in ckpt.clients.items():
+            clients[cid].load_state_dict(state)
+        executor.tails.load_state_dict(ckpt.tails)
+        torch.set_rng_state(ckpt.torch_rng)  # last: building the run above drew from it
+        first_round = ckpt.server_round + 1
+        log.info("resuming %s after round %d", out_dir, ckpt.server_round)
+    recorder = RunRecorder(out_dir, cfg, overwrite=overwrite or resume, resume_rows=ckpt.rows if ckpt else None)
+    with tqdm(total=cfg.rounds, initial=first_round - 1, desc=f"{cfg.codec}/{cfg.scheme}", unit="round",
+              disable=not progress) as bar:
 
         def on_round_end(outcome: RoundOutcome) -> None:
             row = recorder.record(outcome)
             recorder.record_prune_trace(outcome.server_round, executor.tails.pop_prune_trace())
+            if checkpoint:
+                save_checkpoint(out_dir, cfg, Checkpoint(
+                    outcome.server_round, recorder.rows, strategy.state_dict(),
+                    {cid: c.state_dict() for cid, c in clients.items()}, executor.tails.state_dict(),
+                    torch.get_rng_state(),
+                ))
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}")
             bar.update()
 
-        strategy.start(executor, cfg.rounds, evaluator, on_round_end)
+        strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round)
     recorder.finish()
+    if checkpoint:
+        remove_checkpoint(out_dir)
     return recorder.frame()

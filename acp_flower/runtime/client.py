@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from acp_flower.codecs import Codec, build_codec
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime.common import StateDict, build_split, clone_state, derive_seed, make_optimizer
+from acp_flower.runtime.common import (
+    StateDict, build_split, clone_state, derive_seed, flatten_optimizer, make_optimizer, unflatten_optimizer,
+)
 from acp_flower.runtime.stats import ClientResult, TrafficStats
 from acp_flower.wire import PayloadError, from_bytes, ideal_bits, to_bytes
 
@@ -113,33 +115,16 @@ class ClientRuntime:
         """Everything that must survive between rounds: head, optimizer, codec, RNG."""
         return {
             "head": clone_state(self.head.state_dict()),
-            "optimizer": _flatten_optimizer(self.optimizer.state_dict()),
+            "optimizer": flatten_optimizer(self.optimizer.state_dict()),
             "codec": self.codec.state_dict(),
             "rng": {"state": self.rng_state.clone()},
         }
 
     def load_state_dict(self, state: dict[str, StateDict]) -> None:
         self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], self.optimizer.state_dict()))
+        self.optimizer.load_state_dict(unflatten_optimizer(state["optimizer"], self.optimizer.state_dict()))
         self.codec.load_state_dict(state["codec"])
         self.rng_state = state["rng"]["state"].clone()
-
-
-def _flatten_optimizer(sd: dict) -> StateDict:
-    """Optimizer state as a flat name -> tensor dict (per-parameter buffers only)."""
-    out = {}
-    for pid, pstate in sd["state"].items():
-        for key, value in pstate.items():
-            out[f"{pid}.{key}"] = value.detach().cpu().clone() if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def _unflatten_optimizer(flat: StateDict, template: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in flat.items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": template["param_groups"]}
 
 
 def build_client(cfg: ExperimentConfig, client_id: int, train_set: Dataset, indices: np.ndarray,

@@ -53,3 +53,21 @@ def initial_states(cfg: ExperimentConfig) -> tuple[StateDict, StateDict]:
 def clone_state(state: StateDict) -> StateDict:
     """Detached CPU copies of a state dict's tensors."""
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def flatten_optimizer(sd: dict) -> StateDict:
+    """Optimizer state as a flat name -> tensor dict (per-parameter buffers only)."""
+    out = {}
+    for pid, pstate in sd["state"].items():
+        for key, value in pstate.items():
+            out[f"{pid}.{key}"] = value.detach().cpu().clone() if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def unflatten_optimizer(flat: StateDict, template: dict) -> dict:
+    """Inverse of ``flatten_optimizer``; hyper-parameters come from ``template`` (the live optimizer's)."""
+    state: dict[int, dict] = {}
+    for name, value in flat.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": template["param_groups"]}

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime.common import StateDict, build_split, clone_state, make_optimizer
+from acp_flower.runtime.common import (
+    StateDict, build_split, clone_state, flatten_optimizer, make_optimizer, unflatten_optimizer,
+)
 from acp_flower.runtime.stats import ServerStats
 from acp_flower.wire import PayloadError, from_bytes, like, to_bytes
 
@@ -63,6 +65,14 @@ class ServerRuntime:
         """Replace the tail weights; the optimizer state is kept (it persists per slot)."""
         self.tail.load_state_dict(state)
 
+    def state_dict(self) -> dict[str, StateDict]:
+        """Tail weights and optimizer state (for checkpoints; ``get_state`` is weights only)."""
+        return {"tail": self.get_state(), "optimizer": flatten_optimizer(self.optimizer.state_dict())}
+
+    def load_state_dict(self, state: dict[str, StateDict]) -> None:
+        self.tail.load_state_dict(state["tail"])
+        self.optimizer.load_state_dict(unflatten_optimizer(state["optimizer"], self.optimizer.state_dict()))
+
 
 def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
     """A server runtime with a freshly built tail (load weights with ``set_state``)."""
@@ -99,6 +109,14 @@ class TailSlots:
 
     def pop_stats(self) -> ServerStats:
         return sum((s.pop_stats() for s in self.servers.values()), ServerStats())
+
+    def state_dict(self) -> dict[int, dict[str, StateDict]]:
+        """Every slot's tail and optimizer state, by slot."""
+        return {slot: server.state_dict() for slot, server in self.servers.items()}
+
+    def load_state_dict(self, state: dict[int, dict[str, StateDict]]) -> None:
+        for slot, server_state in state.items():
+            self.server(int(slot)).load_state_dict(server_state)
 
     def pop_prune_trace(self) -> list[tuple[int, float]]:
         """(slot, pruned fraction) of every upload since the last call, slot by slot."""

@@ -135,6 +135,18 @@ def test_inference_needs_no_labels_and_uses_history():
         assert torch.equal(v, state_before[k])
 
 
+def test_eval_mask_all_keeps_every_channel_at_inference_only():
+    cfg = ExperimentConfig(acp_ratio="fixed", acp_eval_mask="all")
+    codec, _ = _run_steps(cfg, steps=5)
+    x = torch.rand(8, 16, 4, 4)
+    payload = codec.encode(x, train=False)
+    assert payload.channel_mask.all() and torch.equal(payload.to_dense(), x)
+    trained = codec.encode(x, torch.randint(0, 3, (8,)))  # training still prunes
+    assert int(trained.channel_mask.sum()) == 16 - round(0.7 * 16)
+    with pytest.raises(ValueError, match="acp_eval_mask"):
+        ExperimentConfig(acp_eval_mask="labels")
+
+
 def test_training_requires_labels():
     with pytest.raises(ValueError, match="labels"):
         build_codec(ExperimentConfig()).encode(torch.rand(2, 4, 2, 2))
