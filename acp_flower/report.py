@@ -408,6 +408,11 @@ def plot_panel(panel: Panel, frames: Mapping[str, Sequence[pd.DataFrame]], path:
     return path
 
 
+def _marked(label: str, by_seed: Mapping[int, Path]) -> str:
+    """A curve's legend label, marked when some of its runs are unfinished."""
+    return label if all(run_status(d) == "complete" for d in by_seed.values()) else f"{label} (partial)"
+
+
 def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Path,
                         seeds: Sequence[int], partial: bool = False) -> dict[str, Any]:
     """Aggregate a figure's finished runs into table.md, table.csv, runs.csv and one PNG per panel.
@@ -435,7 +440,8 @@ def write_figure_report(figure: Figure, runs_root: str | Path, out_dir: str | Pa
         done = _finished(panel, runs_root, seeds, partial)
         missing += [run_dir_for(runs_root, c, s) for c in panel.curves for s in seeds
                     if run_status(run_dir_for(runs_root, c, s)) != "complete"]
-        frames = {label: [read_metrics(d) for d in by_seed.values()] for label, by_seed in done.items() if by_seed}
+        frames = {_marked(label, by_seed): [read_metrics(d) for d in by_seed.values()]
+                  for label, by_seed in done.items() if by_seed}
         traces = {}
         if panel.prune_trace:
             traces = {label: t for label, by_seed in done.items() if by_seed

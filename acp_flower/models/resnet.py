@@ -58,9 +58,9 @@ def split_resnet18(num_classes: int, in_channels: int = 3, cut_layer: int = 4) -
 
     For 32x32 inputs the smashed data is 64 x 8 x 8; for 28x28 inputs 64 x 7 x 7.
 
-    The weights are channels-last: oneDNN then runs the whole network in NHWC, which on
-    CPU makes a training step ~25-30% faster (the 1x1-spatial layer4 convolutions' backward
-    pass is slow in NCHW); inputs and outputs stay ordinary NCHW tensors.
+    The weights are channels-last: oneDNN then runs the whole network in NHWC, which on a
+    2-core CPU makes a training step 15-21% faster (experiments/bench_step.py; the backward
+    pass of layer4's 1x1-spatial convolutions is slow in NCHW). Inputs stay ordinary NCHW.
     """
     model = build_resnet18(num_classes, in_channels).to(memory_format=torch.channels_last)
     return split_model(model, cut_layer)
