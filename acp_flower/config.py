@@ -37,6 +37,8 @@ class ExperimentConfig:
     """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
     target_accuracies: tuple[float, ...] = ()
     """Test accuracies (fractions) for which summary.json reports rounds and bytes to reach."""
+    stop_accuracy: float = 0.0
+    """End the run after the first round whose test accuracy reaches this fraction (0 = never)."""
     # --- data ---
     dataset: str = "cifar10"
     """One of cifar10, fashion-mnist, mnist, synthetic."""
@@ -159,6 +161,7 @@ class ExperimentConfig:
         _check("weight_decay", self.weight_decay >= 0, "a number >= 0")
         _check("tail_num_gpus", self.tail_num_gpus >= 0, "a number >= 0")
         _check("cut_layer", 1 <= self.cut_layer <= 9, "an integer in 1..9 (ResNet-18 top-level modules)")
+        _check("stop_accuracy", 0.0 <= self.stop_accuracy <= 1.0, "a fraction in [0, 1] (0 = run every round)")
         _check("target_accuracies", all(0 < t <= 1 for t in self.target_accuracies),
                "fractions in (0, 1], e.g. [0.65, 0.75]")
         _check("device", _valid_device(self.device), "'auto', 'cpu', 'cuda' or 'cuda:N'")

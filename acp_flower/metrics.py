@@ -165,7 +165,11 @@ class RunRecorder:
 
     def finish(self, **extra: Any) -> dict[str, Any]:
         """Write summary.json (with ``extra`` entries, e.g. failures) and return it."""
-        summary = summarize(self.rows, self.cfg.target_accuracies) | extra
+        summary = summarize(self.rows, self.cfg.target_accuracies)
+        stop = self.cfg.stop_accuracy
+        summary["stopped_early"] = bool(stop > 0 and self.rows and len(self.rows) < self.cfg.rounds
+                                        and self.rows[-1]["test_accuracy"] >= stop)
+        summary |= extra
         if self.out_dir is not None:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
         return summary

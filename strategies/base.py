@@ -104,8 +104,13 @@ class SLStrategy(ABC):
         evaluate_fn: EvaluateFn,
         on_round_end: Callable[[RoundOutcome], None] | None = None,
         first_round: int = 1,
+        stop_accuracy: float = 0.0,
     ) -> list[RoundOutcome]:
-        """Run rounds ``first_round..num_rounds``: train, evaluate the global model, report."""
+        """Run rounds ``first_round..num_rounds``: train, evaluate the global model, report.
+
+        With ``stop_accuracy > 0`` the loop ends after the first round whose test accuracy
+        reaches it (rounds-to-target studies need not pay for the rounds after the target).
+        """
         outcomes = []
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
@@ -118,6 +123,8 @@ class SLStrategy(ABC):
             outcomes.append(outcome)
             if on_round_end is not None:
                 on_round_end(outcome)
+            if stop_accuracy > 0 and outcome.test_accuracy >= stop_accuracy:
+                break
         return outcomes
 
 

@@ -30,6 +30,7 @@ from acp_flower.config import ExperimentConfig
         ({"device": "tpu"}, r"'device'"),
         ({"out_dir": "relative/path"}, r"'out_dir'.*absolute"),
         ({"target_accuracies": [65]}, r"'target_accuracies'"),
+        ({"stop_accuracy": 1.5}, r"'stop_accuracy'"),
         ({"batch_size": "big"}, r"'batch_size': expected int"),
         ({"rounds": 2.5}, r"'rounds': expected int"),
         ({"augment": "yes"}, r"'augment': expected bool"),

@@ -101,3 +101,15 @@ def test_prune_trace_has_one_row_per_upload_matching_the_round_mean(tmp_path):
     assert trace["prune_ratio"].between(0.6 - 1 / 64, 0.8 + 1 / 64).all()
     means = trace.groupby("round")["prune_ratio"].mean().tolist()  # equal batch sizes: plain mean
     assert means == pytest.approx(metrics["mean_prune_ratio"].tolist())
+
+
+def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path):
+    full = run_experiment(_cfg(codec="quantize", rounds=3), None, progress=False).drop(columns="wall_s")
+    target = full["test_accuracy"].max()
+    stop_round = int(full.index[full["test_accuracy"] >= target][0]) + 1
+    cfg = _cfg(codec="quantize", rounds=3, stop_accuracy=target)
+    stopped = run_experiment(cfg, tmp_path / "out", progress=False).drop(columns="wall_s")
+    # The rounds before the stop are the same rounds as in the full run.
+    pd.testing.assert_frame_equal(stopped, full.iloc[:stop_round], check_exact=True)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["rounds_completed"] == stop_round and summary["stopped_early"] is (stop_round < 3)

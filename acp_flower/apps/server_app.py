@@ -50,7 +50,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
         log.info("%d clients ready (transport=%s, %.1fs)", len(executor.client_ids), cfg.transport, extra["setup_s"])
         strategy = get_strategy(cfg.scheme)()
         strategy.initialize(executor, *initial_states(cfg))
-        strategy.start(executor, cfg.rounds, evaluator, recorder.record)
+        strategy.start(executor, cfg.rounds, evaluator, recorder.record, stop_accuracy=cfg.stop_accuracy)
     except BaseException as exc:
         failures = executor.failures_as_dicts() if executor else []
         stats = executor.stats.as_dict() if executor else {}

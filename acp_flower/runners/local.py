@@ -147,7 +147,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}")
             bar.update()
 
-        strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round)
+        strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round,
+                       stop_accuracy=cfg.stop_accuracy)
     recorder.finish()
     if checkpoint:
         remove_checkpoint(out_dir)
