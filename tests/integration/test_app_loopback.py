@@ -100,3 +100,19 @@ def test_supernode_count_must_match(tmp_path):
     with pytest.raises(ValueError, match="2 SuperNodes but num-clients=3"):
         run_server(grid, cfg)
     grid.close()
+
+
+def test_stop_accuracy_ends_the_app_run_where_the_local_run_ends(tmp_path):
+    # Prepare: stop at round 2's accuracy of a 3-round local run (above round 1's here)
+    full = _local(_cfg(tmp_path, rounds=3))
+    target = float(full["test_accuracy"].iloc[1])
+    cfg = _cfg(tmp_path, rounds=3, stop_accuracy=target)
+    # Execute
+    app, summary, _ = _run_loopback(cfg)
+    # Assert: the app stops after the same round as the local runner, with the same rows
+    stop_round = int(full.index[full["test_accuracy"] >= target][0]) + 1
+    local = _local(cfg)
+    assert len(app) == len(local) == stop_round == summary["rounds_completed"]
+    assert summary["stopped_early"] is (stop_round < 3) and summary["status"] == "completed"
+    cols = ["bytes_up", "train_loss", "test_accuracy"]
+    pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
