@@ -76,6 +76,10 @@ class ExperimentConfig:
     """Training mini-batch size."""
     eval_batch_size: int = 512
     """Test-time batch size."""
+    eval_bn_recalibration: int = 0
+    """Before each evaluation, re-estimate the tail's BatchNorm statistics on this many
+    un-augmented training samples sent through the codec's inference path (0 = off).
+    Training is unaffected; see docs/codecs.md (ACP-SL's inference mask)."""
     optimizer: str = "sgd"
     """sgd or adam, used for both head and tail."""
     lr: float = 0.00015
@@ -143,7 +147,7 @@ class ExperimentConfig:
         for name in ("rounds", "num_clients", "batch_size", "eval_batch_size", "local_epochs",
                      "shards_per_client", "classes_per_client"):
             _check(name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("train_subset", "test_subset"):
+        for name in ("train_subset", "test_subset", "eval_bn_recalibration"):
             _check(name, getattr(self, name) >= 0, "an integer >= 0 (0 = all)")
         for name in ("p_min", "p_base", "p_max"):
             _check(name, 0.0 <= getattr(self, name) < 1.0, "a ratio in [0, 1)")

@@ -19,7 +19,8 @@ the same global head + tail with other masks:
 With ``--train-samples N`` the same masks are also evaluated on N training images (no
 augmentation), to separate a train/test gap from a mask effect. With ``--recalibrate N``
 each mask is evaluated once more after the tail's BatchNorm running statistics have been
-re-estimated under that mask on N other training images (see ``recalibrate_bn``). Prints a markdown table; ``--out``
+re-estimated under that mask on N other training images (as config key
+``eval_bn_recalibration`` does in a run; ``acp_flower.runtime.evaluate.recalibrate_batchnorm``). Prints a markdown table; ``--out``
 also writes it as CSV.
 """
 
@@ -40,6 +41,7 @@ from acp_flower.codecs.acp import AcpCodec, lcis_instant_scores
 from acp_flower.config import ExperimentConfig
 from acp_flower.runners.local import prepare_data
 from acp_flower.runtime.common import build_split, resolve_device
+from acp_flower.runtime.evaluate import recalibrate_batchnorm
 
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(smashed B x N x H x W, labels B) -> dense smashed with the pruned channels zeroed."""
@@ -84,25 +86,14 @@ def evaluate(head: torch.nn.Module, tails: dict[str, torch.nn.Module], data: Dat
     return {name: c / total for name, c in correct.items()}
 
 
-@torch.no_grad()
 def recalibrate_bn(head: torch.nn.Module, tail: torch.nn.Module, mask: MaskFn, data: Dataset,
                    batch_size: int, device: torch.device) -> torch.nn.Module:
-    """A copy of ``tail`` whose BatchNorm running statistics are re-estimated under ``mask``.
-
-    Training sends a different channel set every batch, so the tail's running statistics
-    average over many masks and fit none of them; this re-estimates them (exact average
-    over ``data``, ``momentum=None``) for the one mask used at inference. Weights unchanged.
-    """
+    """A copy of ``tail`` whose BatchNorm statistics are re-estimated under ``mask`` on ``data``."""
     tail = copy.deepcopy(tail)
-    bns = [m for m in tail.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        x, y = x.to(device), y.to(device)
-        tail(mask(head(x), y))
-    return tail.eval()
+    with torch.no_grad():
+        batches = ((x.to(device), y.to(device)) for x, y in DataLoader(data, batch_size=batch_size, shuffle=False))
+        recalibrate_batchnorm(tail, (mask(head(x), y) for x, y in batches))
+    return tail
 
 
 def _markdown(table: pd.DataFrame) -> str:

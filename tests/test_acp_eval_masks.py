@@ -12,6 +12,7 @@ from acp_flower.runners import local
 from acp_flower.runners.checkpoint import CHECKPOINT_FILE
 from acp_flower.runners.local import run_experiment
 from acp_flower.runtime.common import build_split
+from acp_flower.runtime.evaluate import recalibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import acp_eval_masks
@@ -62,3 +63,13 @@ def test_refuses_a_run_of_another_codec(tmp_path, monkeypatch):
     run = _run_keeping_checkpoint(tmp_path, monkeypatch, codec="quantize", rounds=1)
     with pytest.raises(SystemExit):
         acp_eval_masks.main([str(run / CHECKPOINT_FILE)])
+
+
+def test_recalibrate_batchnorm_takes_the_exact_average_over_the_inputs():
+    bn = torch.nn.BatchNorm2d(3, momentum=0.1)
+    batches = [torch.randn(8, 3, 4, 4) * s + s for s in (1.0, 2.0, 3.0)]
+    recalibrate_batchnorm(bn, batches)
+    assert torch.allclose(bn.running_mean, torch.cat(batches).mean(dim=(0, 2, 3)), atol=1e-5)
+    unbiased = torch.stack([b.transpose(0, 1).reshape(3, -1).var(dim=1) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_var, unbiased, atol=1e-4)
+    assert bn.momentum == 0.1 and not bn.training

@@ -31,6 +31,7 @@ from acp_flower.config import ExperimentConfig
         ({"out_dir": "relative/path"}, r"'out_dir'.*absolute"),
         ({"target_accuracies": [65]}, r"'target_accuracies'"),
         ({"stop_accuracy": 1.5}, r"'stop_accuracy'"),
+        ({"eval_bn_recalibration": -1}, r"'eval_bn_recalibration'"),
         ({"batch_size": "big"}, r"'batch_size': expected int"),
         ({"rounds": 2.5}, r"'rounds': expected int"),
         ({"augment": "yes"}, r"'augment': expected bool"),

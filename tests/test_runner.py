@@ -113,3 +113,19 @@ def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path)
     pd.testing.assert_frame_equal(stopped, full.iloc[:stop_round], check_exact=True)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["rounds_completed"] == stop_round and summary["stopped_early"] is (stop_round < 3)
+
+
+def test_bn_recalibration_changes_evaluation_only(tmp_path):
+    base = run_experiment(_cfg(codec="acp", augment=True), None, progress=False).drop(columns="wall_s")
+    cal = run_experiment(_cfg(codec="acp", augment=True, eval_bn_recalibration=96), None,
+                         progress=False).drop(columns="wall_s")
+    training = [c for c in base.columns if not c.startswith("test_")]
+    # Training draws nothing from the calibration pass: identical rows, bit for bit.
+    pd.testing.assert_frame_equal(base[training], cal[training], check_exact=True)
+    assert not base["test_loss"].equals(cal["test_loss"])
+
+
+def test_bn_recalibration_larger_than_the_training_data_fails_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="'eval_bn_recalibration'"):
+        run_experiment(_cfg(eval_bn_recalibration=257), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

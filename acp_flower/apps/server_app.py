@@ -21,7 +21,7 @@ from acp_flower.apps.executor import Channel, FlowerExecutor, discover_nodes
 from acp_flower.apps.ray_tail import RayTails
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import RunRecorder
-from acp_flower.runtime import Evaluator, TailSlots, initial_states, resolve_device
+from acp_flower.runtime import TailSlots, initial_states, resolve_device
 from strategies import get_strategy
 
 log = logging.getLogger("acp_flower")
@@ -71,11 +71,11 @@ def _setup(grid: Grid, cfg: ExperimentConfig):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from acp_flower.runners.local import prepare_data
+    from acp_flower.runners.local import build_evaluator, prepare_data
 
     device = resolve_device(cfg.device)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        evaluator = pool.submit(lambda: Evaluator(cfg, prepare_data(cfg).test_set, device))
+        evaluator = pool.submit(lambda: build_evaluator(cfg, prepare_data(cfg), device))
         channel = Channel(grid)
         nodes, hellos = discover_nodes(channel, grid, cfg)
         if cfg.transport == "ray":

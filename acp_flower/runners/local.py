@@ -59,9 +59,31 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
     if empty:
         raise ValueError(f"partition {cfg.partition!r} left clients {empty} without data; "
                          "use fewer clients or another partition setting")
+    if cfg.eval_bn_recalibration > len(pool):
+        raise ValueError(f"config key 'eval_bn_recalibration': {cfg.eval_bn_recalibration} samples requested "
+                         f"but the run has {len(pool)} training samples")
     if cfg.test_subset:
         test_set = Subset(test_set, _subset(len(test_set), cfg.test_subset, cfg.seed, "test_subset", key=5).tolist())
     return PreparedData(train_set, test_set, [pool[p] for p in parts])
+
+
+def build_evaluator(cfg: ExperimentConfig, data: PreparedData, device: torch.device) -> Evaluator:
+    """The test-set evaluator of a run, with its BatchNorm calibration set if the config asks.
+
+    The calibration samples are a seeded draw from the run's training samples, without
+    augmentation (the augmentation would draw from torch's global RNG and so change training).
+    """
+    calibration = None
+    if cfg.eval_bn_recalibration:
+        from acp_flower.data import TensorImageDataset
+
+        pool = np.concatenate(data.partitions)
+        rng = np.random.default_rng(derive_seed(cfg.seed, 6))
+        pick = np.sort(rng.choice(pool, size=cfg.eval_bn_recalibration, replace=False))
+        ts = data.train_set
+        plain = TensorImageDataset(ts.data, ts.targets, ts.mean, ts.std) if ts.transform is not None else ts
+        calibration = Subset(plain, pick.tolist())
+    return Evaluator(cfg, data.test_set, device, calibration_set=calibration)
 
 
 def _subset(n: int, size: int, seed: int, key_name: str, key: int) -> np.ndarray:
@@ -121,7 +143,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     executor = LocalExecutor(cfg, clients, device)
     strategy = get_strategy(cfg.scheme)()
     strategy.initialize(executor, *initial_states(cfg))
-    evaluator = Evaluator(cfg, data.test_set, device)
+    evaluator = build_evaluator(cfg, data, device)
     first_round = 1
     if ckpt is not None:
         strategy.load_state_dict(ckpt.strategy)

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from acp_flower.codecs import build_codec
 from acp_flower.config import ExperimentConfig
 from acp_flower.runtime.common import StateDict, build_split
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm running statistic of ``module`` on ``inputs``, in place.
+
+    The statistics become the exact average over the batches (``momentum=None``); weights
+    do not change and ``module`` is left in eval mode. Why: a tail trained on smashed data
+    whose pruned channels change from batch to batch (ACP-SL) keeps running statistics
+    that average over many channel sets and fit none of them, the fixed inference mask
+    included.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    module.eval()
+    for bn in bns:
+        bn.train()
+    for x in inputs:
+        module(x)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    module.eval()
 
 
 class Evaluator:
@@ -17,14 +45,27 @@ class Evaluator:
     Inference goes through the codec in inference mode (``train=False``): no test labels
     reach the codec; ACP-SL applies the mask learned in training (see AcpCodec). No bytes
     are counted: evaluation is central, in the server process.
+
+    With a ``calibration_set`` (config key ``eval_bn_recalibration``), every call first
+    re-estimates the tail's BatchNorm statistics on it, sent through the same head and
+    codec inference path (`recalibrate_batchnorm`). This changes only the evaluator's own
+    copy of the tail; training never sees it, and it draws nothing from torch's global RNG.
     """
 
-    def __init__(self, cfg: ExperimentConfig, test_set: Dataset, device: torch.device) -> None:
+    def __init__(self, cfg: ExperimentConfig, test_set: Dataset, device: torch.device,
+                 calibration_set: Dataset | None = None) -> None:
         split = build_split(cfg)
         self.head, self.tail = split.head.to(device), split.tail.to(device)
         self.codec = build_codec(cfg)
         self.loader = DataLoader(test_set, batch_size=cfg.eval_batch_size, shuffle=False)
+        self.calibration = None if calibration_set is None else DataLoader(
+            calibration_set, batch_size=cfg.eval_batch_size, shuffle=False, generator=torch.Generator())
         self.device = device
+
+    def _smashed(self, x: torch.Tensor) -> torch.Tensor:
+        """Head, then the codec's inference path: what the tail receives at test time."""
+        smashed = self.codec.decode(self.codec.encode(self.head(x.to(self.device, non_blocking=True)), train=False))
+        return smashed.to(self.device)
 
     @torch.no_grad()
     def __call__(self, head_state: StateDict, tail_state: StateDict, codec_eval_state: StateDict) -> tuple[float, float]:
@@ -33,11 +74,12 @@ class Evaluator:
         self.codec.load_eval_state(codec_eval_state)
         self.head.eval()
         self.tail.eval()
+        if self.calibration is not None:
+            recalibrate_batchnorm(self.tail, (self._smashed(x) for x, _ in self.calibration))
         correct, loss_sum, total = 0, 0.0, 0
         for x, y in self.loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            smashed = self.codec.decode(self.codec.encode(self.head(x), train=False))
-            logits = self.tail(smashed.to(self.device))
+            y = y.to(self.device, non_blocking=True)
+            logits = self.tail(self._smashed(x))
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             total += y.numel()

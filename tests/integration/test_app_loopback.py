@@ -116,3 +116,14 @@ def test_stop_accuracy_ends_the_app_run_where_the_local_run_ends(tmp_path):
     assert summary["stopped_early"] is (stop_round < 3) and summary["status"] == "completed"
     cols = ["bytes_up", "train_loss", "test_accuracy"]
     pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
+
+
+def test_bn_recalibrated_evaluation_equals_local(tmp_path):
+    # Prepare: the ServerApp builds its evaluator (with the calibration set) like the local runner
+    cfg = _cfg(tmp_path, eval_bn_recalibration=64)
+    # Execute
+    app, _, _ = _run_loopback(cfg)
+    # Assert
+    cols = ["bytes_up", "train_loss", "test_accuracy", "test_loss"]
+    pd.testing.assert_frame_equal(app[cols], _local(cfg)[cols], check_exact=True, check_dtype=False)
+    assert not app["test_loss"].equals(_local(cfg.replace(eval_bn_recalibration=0))["test_loss"])
