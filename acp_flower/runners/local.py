@@ -78,8 +78,7 @@ def build_evaluator(cfg: ExperimentConfig, data: PreparedData, device: torch.dev
         from acp_flower.data import TensorImageDataset
 
         pool = np.concatenate(data.partitions)
-        rng = np.random.default_rng(derive_seed(cfg.seed, 6))
-        pick = np.sort(rng.choice(pool, size=cfg.eval_bn_recalibration, replace=False))
+        pick = np.sort(pool[_subset(len(pool), cfg.eval_bn_recalibration, cfg.seed, "eval_bn_recalibration", key=6)])
         ts = data.train_set
         plain = TensorImageDataset(ts.data, ts.targets, ts.mean, ts.std) if ts.transform is not None else ts
         calibration = Subset(plain, pick.tolist())
