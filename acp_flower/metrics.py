@@ -7,14 +7,12 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from acp_flower.config import ExperimentConfig
-
-if TYPE_CHECKING:
-    from strategies.base import RoundOutcome
+from acp_flower.runtime.protocol import RoundOutcome
 
 log = logging.getLogger("acp_flower")
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from acp_flower.codecs.acp import AcpCodec, lcis_instant_scores
 from acp_flower.config import ExperimentConfig
-from acp_flower.runners.local import prepare_data
+from acp_flower.data import prepare_data
 from acp_flower.runtime.common import build_split, resolve_device
 from acp_flower.runtime.evaluate import recalibrate_batchnorm
 

@@ -1,13 +1,28 @@
-"""Split-learning schemes as server-side strategies, looked up by name."""
+"""Split-learning schemes as server-side strategies, one per module, looked up by name.
+
+Every module of this package that defines an ``SLStrategy`` subclass with a ``name``
+registers it: a new scheme is one file (plus its test), found without a list to edit.
+"""
+
+import importlib
+import inspect
+import pkgutil
 
 from strategies.base import ClientTask, Executor, RoundOutcome, SLStrategy
-from strategies.splitfed_v1 import SplitFedV1Strategy
-from strategies.splitfed_v2 import SplitFedV2Strategy
-from strategies.vanilla import VanillaStrategy
 
-_STRATEGIES: dict[str, type[SLStrategy]] = {
-    cls.name: cls for cls in (VanillaStrategy, SplitFedV1Strategy, SplitFedV2Strategy)
-}
+_STRATEGIES: dict[str, type[SLStrategy]] = {}
+
+
+def _discover() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, SLStrategy) and not inspect.isabstract(obj)
+                    and obj.__module__ == module.__name__):
+                if obj.name in _STRATEGIES:
+                    raise ValueError(f"scheme {obj.name!r} is defined twice ({_STRATEGIES[obj.name].__name__}, "
+                                     f"{obj.__name__})")
+                _STRATEGIES[obj.name] = obj
 
 
 def list_strategies() -> list[str]:
@@ -16,14 +31,13 @@ def list_strategies() -> list[str]:
 
 
 def get_strategy(name: str) -> type[SLStrategy]:
-    """The strategy class for a scheme name."""
+    """The strategy class for a scheme name (config key ``scheme``)."""
     try:
         return _STRATEGIES[name]
     except KeyError:
-        raise ValueError(f"unknown scheme {name!r}; allowed: {', '.join(list_strategies())}") from None
+        raise ValueError(f"config key 'scheme': unknown value {name!r}; allowed: {', '.join(list_strategies())}") from None
 
 
-__all__ = [
-    "ClientTask", "Executor", "RoundOutcome", "SLStrategy", "SplitFedV1Strategy", "SplitFedV2Strategy",
-    "VanillaStrategy", "get_strategy", "list_strategies",
-]
+_discover()
+
+__all__ = ["ClientTask", "Executor", "RoundOutcome", "SLStrategy", "get_strategy", "list_strategies"]

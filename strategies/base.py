@@ -5,74 +5,25 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar
 
-import torch
+from acp_flower.runtime.protocol import ClientTask, EvaluateFn, Executor, RoundOutcome, StateDict
+from acp_flower.runtime.stats import ClientResult, fedavg_states
 
-from acp_flower.runtime.stats import ClientResult, ServerStats, fedavg_states
-
-StateDict = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ClientTask:
-    """One client's work for a round."""
-
-    client_id: int
-    """Which client trains."""
-    server_round: int
-    """1-based round index (seeds the client's shuffling and augmentation)."""
-    head_state: StateDict | None
-    """Head weights to load before training; None keeps the client's own head."""
-    tail_slot: int = 0
-    """Which server-side tail copy this client trains against."""
-
-
-class Executor(Protocol):
-    """What a driver (local, Flower messages, Ray actor) must provide to a strategy.
-
-    Tasks given in one `train` call that use distinct tail slots are independent and may
-    run in parallel. With ``interleave=True`` all tasks share one slot and the server
-    processes their batches round-robin in task order (batch 0 of each client, then
-    batch 1, ...); drivers must reproduce that order exactly.
-    """
-
-    client_ids: Sequence[int]
-
-    def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]: ...
-
-    def get_tail(self, slot: int) -> StateDict: ...
-
-    def set_tail(self, slot: int, state: StateDict) -> None: ...
-
-    def pop_server_stats(self) -> ServerStats: ...
-
-
-EvaluateFn = Callable[[StateDict, StateDict, StateDict], tuple[float, float]]
-
-
-@dataclass
-class RoundOutcome:
-    """What one round produced, before evaluation."""
-
-    server_round: int
-    results: list[ClientResult]
-    server_stats: ServerStats
-    test_accuracy: float = float("nan")
-    test_loss: float = float("nan")
-    wall_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+__all__ = ["ClientTask", "EvaluateFn", "Executor", "RoundOutcome", "SLStrategy", "weighted_average"]
 
 
 class SLStrategy(ABC):
     """Base class of split-learning schemes (template method, as Flower's `Strategy.start`).
 
-    Subclasses implement `train_round`; the base class holds the global head, the global
-    tail and the codec state used for evaluation, and owns the round loop.
+    Subclasses implement `train_round`; the base class holds the global client model
+    (head), the global tail and the codec state used for evaluation, and owns the round loop.
     """
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
+    parallel: ClassVar[bool] = False
+    """Clients of a round train at the same time (SplitFed) instead of one after another:
+    the link model then takes the slowest client's time instead of the sum."""
 
     def __init__(self) -> None:
         self.head_state: StateDict = {}
@@ -115,10 +66,8 @@ class SLStrategy(ABC):
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             results = self.train_round(server_round, executor)
-            outcome = RoundOutcome(server_round, results, executor.pop_server_stats())
-            outcome.test_accuracy, outcome.test_loss = evaluate_fn(
-                self.head_state, self.tail_state, self.codec_eval_state
-            )
+            outcome = RoundOutcome(server_round, results, executor.pop_server_stats(), parallel=self.parallel)
+            outcome.evaluation = evaluate_fn(self.head_state, self.tail_state, self.codec_eval_state)
             outcome.wall_s = time.perf_counter() - t0
             outcomes.append(outcome)
             if on_round_end is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from strategies.base import ClientTask, Executor, SLStrategy, weighted_average
 from acp_flower.runtime.stats import ClientResult, fedavg_states
+from strategies.base import ClientTask, Executor, SLStrategy, weighted_average
 
 
 class SplitFedV1Strategy(SLStrategy):
@@ -16,6 +16,7 @@ class SplitFedV1Strategy(SLStrategy):
     """
 
     name = "splitfed_v1"
+    parallel = True
 
     def train_round(self, server_round: int, executor: Executor) -> list[ClientResult]:
         slots = {cid: slot for slot, cid in enumerate(executor.client_ids)}

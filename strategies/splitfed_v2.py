@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from strategies.base import ClientTask, Executor, SLStrategy, weighted_average
 from acp_flower.runtime.stats import ClientResult
+from strategies.base import ClientTask, Executor, SLStrategy, weighted_average
 
 
 class SplitFedV2Strategy(SLStrategy):
@@ -15,6 +15,7 @@ class SplitFedV2Strategy(SLStrategy):
     """
 
     name = "splitfed_v2"
+    parallel = True
 
     def train_round(self, server_round: int, executor: Executor) -> list[ClientResult]:
         tasks = [ClientTask(cid, server_round, self.head_state, 0) for cid in executor.client_ids]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from strategies.base import ClientTask, Executor, SLStrategy
 from acp_flower.runtime.stats import ClientResult
+from strategies.base import ClientTask, Executor, SLStrategy
 
 
 class VanillaStrategy(SLStrategy):

@@ -19,11 +19,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from acp_flower.apps import records
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime import ClientRuntime, build_client, resolve_device
-from acp_flower.runtime.stats import ClientResult
-from strategies.base import ClientTask
+from acp_flower.data import PreparedData, prepare_data
+from acp_flower.runtime import ClientResult, ClientRuntime, ClientTask, build_client, resolve_device
 
-_DATA: dict[ExperimentConfig, object] = {}
+_DATA: dict[ExperimentConfig, PreparedData] = {}
 _RUNTIMES: dict[tuple[int, int], _CachedRuntime] = {}
 
 
@@ -46,10 +45,8 @@ def node_config(context: Context) -> tuple[ExperimentConfig, int]:
     return cfg, partition_id
 
 
-def prepared_data(cfg: ExperimentConfig):
+def prepared_data(cfg: ExperimentConfig) -> PreparedData:
     """The datasets and partitions of ``cfg`` (cached per process, last config only)."""
-    from acp_flower.runners.local import prepare_data
-
     if cfg not in _DATA:
         _DATA.clear()
         _DATA[cfg] = prepare_data(cfg)

@@ -20,9 +20,7 @@ from flwr.serverapp import Grid
 from acp_flower.apps import records
 from acp_flower.apps.flower_exchange import ExchangeStats, run_exchange
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime import TailSlotsExecutor
-from acp_flower.runtime.stats import ClientResult
-from strategies.base import ClientTask
+from acp_flower.runtime import ClientResult, ClientTask, TailStore, TailStoreExecutor
 
 log = logging.getLogger("acp_flower")
 
@@ -110,7 +108,7 @@ def task_waves(tasks: Sequence[ClientTask]) -> list[list[ClientTask]]:
     return waves
 
 
-class FlowerExecutor(TailSlotsExecutor):
+class FlowerExecutor(TailStoreExecutor):
     """Executor whose clients are Flower SuperNodes.
 
     Parameters
@@ -121,14 +119,14 @@ class FlowerExecutor(TailSlotsExecutor):
         Message transport to the SuperNodes.
     nodes : dict[int, int]
         Client id (partition id) -> node id.
-    tails : TailSlots or RayTails
-        Where the tails live (``step``, ``get``, ``set``, ``pop_stats``).
+    tails : TailStore
+        Where the tails live: ``TailSlots`` in this process, or ``RayTails``.
     capacity : int
         How many ClientApps run at once (Ray client actors); the ``ray`` transport runs
         an interleaved round with one message per client only when all fit at once.
     """
 
-    def __init__(self, cfg: ExperimentConfig, channel: Channel, nodes: dict[int, int], tails,
+    def __init__(self, cfg: ExperimentConfig, channel: Channel, nodes: dict[int, int], tails: TailStore,
                  capacity: int = 0) -> None:
         self.cfg, self.channel, self.nodes, self.tails, self.capacity = cfg, channel, nodes, tails, capacity
         self.client_ids = sorted(nodes)

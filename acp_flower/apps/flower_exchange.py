@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from acp_flower.apps import client_node, records
-from acp_flower.runtime.stats import ClientResult
-from strategies.base import ClientTask
+from acp_flower.runtime import ClientResult, ClientTask, RoundRobin, TailStore
 
 SESSION = "acp.session"
 """context.state record: the id of the live session and how many uploads it produced."""
@@ -255,46 +254,44 @@ def _absorb(s: _Session, reply: Message | None, on_failure: Failure, stats: Exch
     s.buffered = bytes(rec["up"])
 
 
-def _process(sessions: list[_Session], tails, interleave: bool) -> None:
-    """Run the tail on buffered uploads.
+def _process(sessions: list[_Session], tails: TailStore, turns: RoundRobin | None) -> None:
+    """Run the tail on buffered uploads; interleaved, in the order of ``turns`` (task positions).
 
-    Interleaved, upload b of the client at task position i is processed in (b, i) order
-    over the clients still training, which is the local runner's round-robin: a client
-    that finished (or failed) leaves the cycle, one that has not answered yet holds it.
+    A client that finished (or failed) leaves the cycle; one whose upload has not arrived
+    yet holds it, and the uploads that came before their turn wait in ``buffered``.
     """
-    if not interleave:
+    if turns is None:
         for s in sessions:
             if s.buffered is not None:
                 _tail_step(s, tails)
         return
-    while True:
-        waiting = [(len(s.downs), i) for i, s in enumerate(sessions) if not s.done]
-        if not waiting:
-            return
-        s = sessions[min(waiting)[1]]
-        if s.buffered is None:
-            return
-        _tail_step(s, tails)
+    for i, s in enumerate(sessions):
+        if s.done:
+            turns.finish(i)
+    while (i := turns.turn()) is not None and sessions[i].buffered is not None:
+        _tail_step(sessions[i], tails)
+        turns.advance(i)
 
 
-def _tail_step(s: _Session, tails) -> None:
+def _tail_step(s: _Session, tails: TailStore) -> None:
     up, s.buffered = s.buffered, None
     s.up_hashes.append(digest(up))
     s.downs.append(tails.step(s.task.tail_slot, up))
 
 
-def run_exchange(channel, tasks: Sequence[ClientTask], nodes: dict[int, int], tails, *,
+def run_exchange(channel, tasks: Sequence[ClientTask], nodes: dict[int, int], tails: TailStore, *,
                  interleave: bool, on_failure: Failure, stats: ExchangeStats) -> list[ClientResult]:
     """Train ``tasks`` over per-batch messages; the results of clients that finished, in task order.
 
     Tasks must use distinct tail slots unless ``interleave`` (then they share one).
     """
     sessions = [_Session(t, nodes[t.client_id]) for t in tasks]
+    turns = RoundRobin(range(len(sessions))) if interleave else None
     while not all(s.done for s in sessions):
         ready = [s for s in sessions if not s.done and s.buffered is None]
         if not ready:
             raise RuntimeError("per-batch exchange stalled: every client waits for the tail")
         for s, reply in zip(ready, channel.request([_message(s) for s in ready])):
             _absorb(s, reply, on_failure, stats)
-        _process(sessions, tails, interleave)
+        _process(sessions, tails, turns)
     return [s.result for s in sessions if s.result is not None]

@@ -25,7 +25,7 @@ import ray
 import torch
 
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime import ServerStats, TailSlots, resolve_device
+from acp_flower.runtime import RoundRobin, ServerStats, TailSlots, resolve_device
 from acp_flower.runtime.common import StateDict
 
 
@@ -38,52 +38,48 @@ CALL_TIMEOUT_S = 900.0
 
 
 class TurnOrder:
-    """Round-robin admission of interleaved clients (SplitFed-v2 on the ``ray`` transport).
+    """Admission of concurrent tail calls in ``RoundRobin`` order (SplitFed-v2 on ``ray``).
 
-    Clients call ``run`` concurrently; the call for upload b of the client at task
-    position i is admitted in (b, i) order over the clients still in the cycle, so the tail
-    sees batch 0 of each client in task order, then batch 1, ... exactly as the local
-    runner. A client leaves the cycle with ``finish`` (after its last batch, or failing).
+    Clients call ``run`` concurrently from their actors; each call waits until the round
+    robin says it is that client's upload's turn, so the tail sees the batches in the
+    local runner's order. A client leaves the cycle with ``finish`` (after its last batch,
+    or failing).
     """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.order: list[int] | None = None
-        self.steps: dict[int, int] = {}
+        self.turns: RoundRobin | None = None
 
     def begin(self, order: Sequence[int]) -> None:
         with self.cond:
-            self.order, self.steps = list(order), {cid: 0 for cid in order}
+            self.turns = RoundRobin(order)
             self.cond.notify_all()
 
     def end(self) -> None:
         with self.cond:
-            self.order, self.steps = None, {}
+            self.turns = None
             self.cond.notify_all()
-
-    def _turn(self) -> int | None:
-        waiting = [(self.steps[cid], i, cid) for i, cid in enumerate(self.order or []) if cid in self.steps]
-        return min(waiting)[2] if waiting else None
 
     def run(self, client_id: int, fn, timeout: float):
         """Run ``fn()`` in the caller's turn (at once when no interleaved round is on)."""
         with self.cond:
-            if self.order is not None:
-                if client_id not in self.steps:
-                    raise RuntimeError(f"client {client_id} is not in the interleaved round {self.order}")
-                if not self.cond.wait_for(lambda: self.order is None or self._turn() == client_id, timeout):
+            if self.turns is not None:
+                if client_id not in self.turns:
+                    raise RuntimeError(f"client {client_id} is not in the interleaved round {self.turns.order}")
+                if not self.cond.wait_for(lambda: self.turns is None or self.turns.turn() == client_id, timeout):
                     raise TimeoutError(f"client {client_id} waited {timeout:.0f}s for its turn "
-                                       f"(turn of client {self._turn()})")
+                                       f"(turn of client {self.turns.turn()})")
             out = fn()
-            if self.order is not None:
-                self.steps[client_id] += 1
+            if self.turns is not None:
+                self.turns.advance(client_id)
                 self.cond.notify_all()
             return out
 
     def finish(self, client_id: int) -> None:
         """``client_id`` has no batch left this round (or failed): it leaves the cycle."""
         with self.cond:
-            self.steps.pop(client_id, None)
+            if self.turns is not None:
+                self.turns.finish(client_id)
             self.cond.notify_all()
 
 

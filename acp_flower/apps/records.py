@@ -14,8 +14,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from acp_flower.runtime.common import StateDict
+from acp_flower.runtime.protocol import ClientTask
 from acp_flower.runtime.stats import ClientResult, TrafficStats
-from strategies.base import ClientTask
 
 
 # Message types (category.action) handled by the ClientApp.

@@ -21,7 +21,8 @@ from acp_flower.apps.executor import Channel, FlowerExecutor, discover_nodes
 from acp_flower.apps.ray_tail import RayTails
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import RunRecorder
-from acp_flower.runtime import TailSlots, initial_states, resolve_device
+from acp_flower.data import prepare_data
+from acp_flower.runtime import TailSlots, build_evaluator, initial_states, resolve_device
 from strategies import get_strategy
 
 log = logging.getLogger("acp_flower")
@@ -70,8 +71,6 @@ def _setup(grid: Grid, cfg: ExperimentConfig):
     The test data is prepared in a thread while the SuperNodes start (Ray, client actors).
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from acp_flower.runners.local import build_evaluator, prepare_data
 
     device = resolve_device(cfg.device)
     with ThreadPoolExecutor(max_workers=1) as pool:

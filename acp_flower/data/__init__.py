@@ -1,4 +1,4 @@
-"""Datasets (torchvision layouts + synthetic), client partitioning, and dataset fetching."""
+"""Datasets (torchvision layouts + synthetic), client partitioning, a run's prepared data, fetching."""
 
 from acp_flower.data.datasets import (
     DATASETS,
@@ -15,8 +15,10 @@ from acp_flower.data.partition import (
     partition_summary,
     plot_class_histogram,
 )
+from acp_flower.data.prepare import PreparedData, prepare_data, seeded_subset
 
 __all__ = [
+    "PreparedData",
     "DATASETS",
     "SCHEMES",
     "DatasetInfo",
@@ -28,4 +30,6 @@ __all__ = [
     "partition_indices",
     "partition_summary",
     "plot_class_histogram",
+    "prepare_data",
+    "seeded_subset",
 ]

@@ -4,95 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.data import prepare_data
 from acp_flower.metrics import RunRecorder, check_out_dir
 from acp_flower.runners.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from acp_flower.runtime import (
-    ClientResult, ClientRuntime, Evaluator, TailSlots, TailSlotsExecutor, build_client, derive_seed,
-    initial_states, resolve_device,
+    ClientResult, ClientRuntime, ClientTask, RoundOutcome, RoundRobin, TailSlots, TailStoreExecutor, build_client,
+    build_evaluator, initial_states, resolve_device,
 )
-from strategies import ClientTask, RoundOutcome, get_strategy
+from strategies import get_strategy
 
 log = logging.getLogger("acp_flower")
 
 
-@dataclass
-class PreparedData:
-    """Datasets and the client partitions of a config."""
-
-    train_set: Dataset
-    test_set: Dataset
-    partitions: list[np.ndarray]
-    """Indices into ``train_set`` per client id."""
-
-
-def prepare_data(cfg: ExperimentConfig) -> PreparedData:
-    """Load (fetching if allowed) the datasets, subset them and partition the training data.
-
-    Every data-related mistake in the config raises here, before any output is written.
-    """
-    from acp_flower.data import dataset_labels, load_dataset, partition_indices
-
-    train_set = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=cfg.augment, download=cfg.download)
-    test_set = load_dataset(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
-    labels = dataset_labels(train_set)
-    pool = np.arange(len(labels))
-    if cfg.train_subset:
-        pool = _subset(len(labels), cfg.train_subset, cfg.seed, "train_subset", key=4)
-    if cfg.num_clients > len(pool):
-        raise ValueError(f"config key 'num_clients': {cfg.num_clients} clients but only {len(pool)} training samples")
-    parts = partition_indices(
-        labels[pool], cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
-        shards_per_client=cfg.shards_per_client, classes_per_client=cfg.classes_per_client,
-    )
-    empty = [cid for cid, p in enumerate(parts) if len(p) == 0]
-    if empty:
-        raise ValueError(f"partition {cfg.partition!r} left clients {empty} without data; "
-                         "use fewer clients or another partition setting")
-    if cfg.eval_bn_recalibration > len(pool):
-        raise ValueError(f"config key 'eval_bn_recalibration': {cfg.eval_bn_recalibration} samples requested "
-                         f"but the run has {len(pool)} training samples")
-    if cfg.test_subset:
-        test_set = Subset(test_set, _subset(len(test_set), cfg.test_subset, cfg.seed, "test_subset", key=5).tolist())
-    return PreparedData(train_set, test_set, [pool[p] for p in parts])
-
-
-def build_evaluator(cfg: ExperimentConfig, data: PreparedData, device: torch.device) -> Evaluator:
-    """The test-set evaluator of a run, with its BatchNorm calibration set if the config asks.
-
-    The calibration samples are a seeded draw from the run's training samples, without
-    augmentation (the augmentation would draw from torch's global RNG and so change training).
-    """
-    calibration = None
-    if cfg.eval_bn_recalibration:
-        from acp_flower.data import TensorImageDataset
-
-        pool = np.concatenate(data.partitions)
-        pick = np.sort(pool[_subset(len(pool), cfg.eval_bn_recalibration, cfg.seed, "eval_bn_recalibration", key=6)])
-        ts = data.train_set
-        plain = TensorImageDataset(ts.data, ts.targets, ts.mean, ts.std) if ts.transform is not None else ts
-        calibration = Subset(plain, pick.tolist())
-    return Evaluator(cfg, data.test_set, device, calibration_set=calibration)
-
-
-def _subset(n: int, size: int, seed: int, key_name: str, key: int) -> np.ndarray:
-    if size > n:
-        raise ValueError(f"config key {key_name!r}: {size} requested but the dataset has {n} samples")
-    rng = np.random.default_rng(derive_seed(seed, key))
-    return np.sort(rng.choice(n, size=size, replace=False))
-
-
-class LocalExecutor(TailSlotsExecutor):
+class LocalExecutor(TailStoreExecutor):
     """Executor running clients and tails in this process; tails are created per slot."""
 
     def __init__(self, cfg: ExperimentConfig, clients: dict[int, ClientRuntime], device: torch.device) -> None:
@@ -107,13 +39,14 @@ class LocalExecutor(TailSlotsExecutor):
             raise ValueError("interleaved tasks must share one tail slot")
         gens = {t.client_id: self.clients[t.client_id].iter_train(t, partial(self.tails.step, t.tail_slot)) for t in tasks}
         results: dict[int, ClientResult] = {}
-        while gens:  # round-robin: one batch of each active client in task order
-            for cid in list(gens):
-                try:
-                    next(gens[cid])
-                except StopIteration as stop:
-                    results[cid] = stop.value
-                    del gens[cid]
+        turns = RoundRobin([t.client_id for t in tasks])
+        while (cid := turns.turn()) is not None:
+            try:
+                next(gens[cid])  # one mini-batch exchange
+                turns.advance(cid)
+            except StopIteration as stop:
+                results[cid] = stop.value
+                turns.finish(cid)
         return [results[t.client_id] for t in tasks]
 
 
@@ -127,6 +60,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     checkpointing), giving the same metrics as an uninterrupted run. Without a checkpoint,
     ``resume`` restarts an unfinished run and refuses a finished one.
     """
+    strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before any work
     checkpoint = checkpoint or resume
     if checkpoint and out_dir is None:
         raise ValueError("checkpoint/resume need an out_dir")
@@ -140,7 +74,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     torch.manual_seed(cfg.seed)
     clients = {cid: build_client(cfg, cid, data.train_set, part, device) for cid, part in enumerate(data.partitions)}
     executor = LocalExecutor(cfg, clients, device)
-    strategy = get_strategy(cfg.scheme)()
     strategy.initialize(executor, *initial_states(cfg))
     evaluator = build_evaluator(cfg, data, device)
     first_round = 1

@@ -6,8 +6,6 @@ import math
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -17,11 +15,10 @@ from acp_flower.config import ExperimentConfig
 from acp_flower.runtime.common import (
     StateDict, build_split, clone_state, derive_seed, flatten_optimizer, make_optimizer, unflatten_optimizer,
 )
+from acp_flower.data import dataset_info
+from acp_flower.runtime.protocol import ClientTask
 from acp_flower.runtime.stats import ClientResult, TrafficStats
 from acp_flower.wire import PayloadError, from_bytes, ideal_bits, to_bytes
-
-if TYPE_CHECKING:
-    from strategies.base import ClientTask
 
 Exchange = Callable[[bytes], bytes]
 
@@ -130,8 +127,6 @@ class ClientRuntime:
 def build_client(cfg: ExperimentConfig, client_id: int, train_set: Dataset, indices: np.ndarray,
                  device: torch.device) -> ClientRuntime:
     """A client on its partition ``indices`` of ``train_set``, with a seeded codec."""
-    from acp_flower.data import dataset_info
-
     if len(indices) == 0:
         raise ValueError(f"client {client_id} has an empty data partition")
     info = dataset_info(cfg.dataset)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import torch
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.data import dataset_info
 from acp_flower.models.resnet import SplitModel, split_resnet18
+from acp_flower.seeds import derive_seed
 
 StateDict = dict[str, torch.Tensor]
 
@@ -22,11 +23,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """An independent 63-bit seed for a (seed, keys...) stream (e.g. a client's round)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def make_optimizer(cfg: ExperimentConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The configured optimizer (same kind and settings for heads and tails)."""
     if cfg.optimizer == "adam":
@@ -36,8 +32,6 @@ def make_optimizer(cfg: ExperimentConfig, params: Iterable[torch.nn.Parameter]) 
 
 def build_split(cfg: ExperimentConfig) -> SplitModel:
     """The split model for the config's dataset (random init from the current RNG)."""
-    from acp_flower.data import dataset_info
-
     info = dataset_info(cfg.dataset)
     return split_resnet18(info.num_classes, info.in_channels, cfg.cut_layer)
 

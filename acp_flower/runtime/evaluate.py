@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from acp_flower.codecs import build_codec
 from acp_flower.config import ExperimentConfig
+from acp_flower.data import PreparedData, TensorImageDataset, seeded_subset
 from acp_flower.runtime.common import StateDict, build_split
 
 
@@ -68,7 +70,7 @@ class Evaluator:
         return smashed.to(self.device)
 
     @torch.no_grad()
-    def __call__(self, head_state: StateDict, tail_state: StateDict, codec_eval_state: StateDict) -> tuple[float, float]:
+    def __call__(self, head_state: StateDict, tail_state: StateDict, codec_eval_state: StateDict) -> dict[str, float]:
         self.head.load_state_dict(head_state)
         self.tail.load_state_dict(tail_state)
         self.codec.load_eval_state(codec_eval_state)
@@ -83,4 +85,21 @@ class Evaluator:
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             total += y.numel()
-        return correct / total, loss_sum / total
+        return {"test_accuracy": correct / total, "test_loss": loss_sum / total}
+
+
+def build_evaluator(cfg: ExperimentConfig, data: PreparedData, device: torch.device) -> Evaluator:
+    """The test-set evaluator of a run, with its BatchNorm calibration set if the config asks.
+
+    The calibration samples are a seeded draw from the run's training samples, without
+    augmentation (the augmentation would draw from torch's global RNG and so change training).
+    """
+    calibration = None
+    if cfg.eval_bn_recalibration:
+        pool = np.concatenate(data.partitions)
+        pick = np.sort(pool[seeded_subset(len(pool), cfg.eval_bn_recalibration, cfg.seed, "eval_bn_recalibration",
+                                          key=6)])
+        ts = data.train_set
+        plain = TensorImageDataset(ts.data, ts.targets, ts.mean, ts.std) if ts.transform is not None else ts
+        calibration = Subset(plain, pick.tolist())
+    return Evaluator(cfg, data.test_set, device, calibration_set=calibration)

@@ -121,19 +121,3 @@ class TailSlots:
     def pop_prune_trace(self) -> list[tuple[int, float]]:
         """(slot, pruned fraction) of every upload since the last call, slot by slot."""
         return [(slot, p) for slot, s in sorted(self.servers.items()) for p in s.pop_prune_trace()]
-
-
-class TailSlotsExecutor:
-    """The tail half of the ``strategies`` Executor protocol, for executors holding ``self.tails``
-    (a ``TailSlots`` or anything with its ``get`` / ``set`` / ``pop_stats``)."""
-
-    tails: TailSlots
-
-    def get_tail(self, slot: int) -> StateDict:
-        return self.tails.get(slot)
-
-    def set_tail(self, slot: int, state: StateDict) -> None:
-        self.tails.set(slot, state)
-
-    def pop_server_stats(self) -> ServerStats:
-        return self.tails.pop_stats()
