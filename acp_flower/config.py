@@ -1,32 +1,40 @@
-"""Experiment configuration: one frozen dataclass, the single source of truth for every key."""
+"""Experiment configuration: one frozen dataclass, the single source of truth for every key.
+
+``ExperimentConfig`` holds the general keys written below and, after them, the options
+that every codec, exchange and feature declares in its own file (``acp_flower.options``):
+the class is assembled from those declarations when this module is imported, so a new
+component's keys appear here, in TOML files, ``--set``, Flower's ``--run-config`` and
+the generated ``[tool.flwr.app.config]`` without an edit to this file. The values a
+selector key allows (``codec``) are the names in that component's registry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from acp_flower import codecs, exchanges  # noqa: F401  imported for their components' option declarations
+from acp_flower.codecs import list_codecs
+from acp_flower.exchanges import list_exchanges
+from acp_flower.options import OptionGroup, UnusedOptionWarning, check, check_choice, option_groups
 
 DATASETS = ("cifar10", "fashion-mnist", "mnist", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological")
-SCHEMES = ("vanilla", "splitfed_v1", "splitfed_v2")
-CODECS = ("standard", "acp", "randtopk", "quantize")
 OPTIMIZERS = ("sgd", "adam")
-ACP_SCORINGS = ("lcis", "l0", "random")
-ACP_RATIOS = ("adaptive", "fixed", "random")
-ACP_GROUP_SCORES = ("ratio", "literal")
-ACP_SCORE_MIXES = ("combined", "instant", "historical")
-ACP_EVAL_MASKS = ("hist", "all")
-QUANT_GRANULARITIES = ("tensor", "channel")
 TRANSPORTS = ("ray", "flower")
 ERROR_POLICIES = ("stop", "skip")
 MODELS = ("resnet18",)
+SELECTORS: dict[str, Any] = {"codec": list_codecs, "exchange": list_exchanges}
+"""Config keys that select a component, and the registry listing the names they allow."""
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything that defines a run. Field names are the config keys (kebab-case in Flower)."""
+class GeneralConfig:
+    """The keys of a run that belong to no single component (see the module docstring)."""
 
     # --- run ---
     seed: int = 0
@@ -88,33 +96,11 @@ class ExperimentConfig:
     """SGD momentum."""
     weight_decay: float = 0.0
     """L2 weight decay."""
-    # --- codec ---
+    # --- exchange and codec (their options are declared in acp_flower/{exchanges,codecs}/<name>.py) ---
+    exchange: str = "backprop"
+    """What one mini-batch exchange does: backprop (gradient back) or decoupled (auxiliary loss)."""
     codec: str = "acp"
-    """Smashed-data codec: standard, acp, randtopk, quantize."""
-    acp_scoring: str = "lcis"
-    """ACP channel scoring: lcis (paper), l0 (non-zero count), random."""
-    acp_ratio: str = "adaptive"
-    """ACP pruning ratio: adaptive (eqs 10-13), fixed (p_base), random in [p_min, p_max]."""
-    acp_group_score: str = "ratio"
-    """Group score of eq. (10): ratio (intra/inter, well defined) or literal (0/0, see docs)."""
-    acp_score_mix: str = "combined"
-    """Channel score used for pruning: combined (eq. 8), instant (eq. 6), historical (eq. 7)."""
-    acp_eval_mask: str = "hist"
-    """Channels ACP keeps at inference (no labels): hist (top by S_hist at the last ratio) or all."""
-    p_min: float = 0.6
-    """Minimum pruning ratio."""
-    p_base: float = 0.7
-    """Base pruning ratio."""
-    p_max: float = 0.8
-    """Maximum pruning ratio."""
-    randtopk_k: float = 0.3
-    """RandTopk: fraction of each sample's elements sent."""
-    randtopk_alpha: float = 0.1
-    """RandTopk: share of the sent elements drawn at random from the non-top-k ones."""
-    quantize_bits: int = 8
-    """Quantization bit width (1..16)."""
-    quantize_granularity: str = "tensor"
-    """Quantization scale per tensor or per channel."""
+    """Smashed-data codec: one of the registered codecs (standard, acp, randtopk, quantize, ...)."""
     # --- drivers (Flower app) ---
     transport: str = "ray"
     """Flower app exchange: ray (tail in a Ray actor) or flower (one message per batch)."""
@@ -129,36 +115,27 @@ class ExperimentConfig:
     fail_round: int = 1
     """Testing aid: the round in which fail_client raises."""
 
+    _groups: ClassVar[tuple[OptionGroup, ...]] = ()
+    """The option groups collected into the class (set on ``ExperimentConfig``)."""
+
     def __post_init__(self) -> None:
+        self._check_general()
+        self._check_options()
+
+    def _check_general(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("partition", self.partition, PARTITIONS)
-        _check_choice("scheme", self.scheme, SCHEMES)
-        _check_choice("codec", self.codec, CODECS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("model", self.model, MODELS)
-        _check_choice("acp_scoring", self.acp_scoring, ACP_SCORINGS)
-        _check_choice("acp_ratio", self.acp_ratio, ACP_RATIOS)
-        _check_choice("acp_group_score", self.acp_group_score, ACP_GROUP_SCORES)
-        _check_choice("acp_score_mix", self.acp_score_mix, ACP_SCORE_MIXES)
-        _check_choice("acp_eval_mask", self.acp_eval_mask, ACP_EVAL_MASKS)
-        _check_choice("quantize_granularity", self.quantize_granularity, QUANT_GRANULARITIES)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_choice("on_client_error", self.on_client_error, ERROR_POLICIES)
+        for key, registry in SELECTORS.items():
+            _check_choice(key, getattr(self, key), registry())
         for name in ("rounds", "num_clients", "batch_size", "eval_batch_size", "local_epochs",
                      "shards_per_client", "classes_per_client"):
             _check(name, getattr(self, name) >= 1, "an integer >= 1")
         for name in ("train_subset", "test_subset", "eval_bn_recalibration"):
             _check(name, getattr(self, name) >= 0, "an integer >= 0 (0 = all)")
-        for name in ("p_min", "p_base", "p_max"):
-            _check(name, 0.0 <= getattr(self, name) < 1.0, "a ratio in [0, 1)")
-        if not self.p_min <= self.p_base <= self.p_max:
-            raise ValueError(
-                f"need p_min <= p_base <= p_max, got p_min={self.p_min}, p_base={self.p_base}, "
-                f"p_max={self.p_max}"
-            )
-        _check("randtopk_k", 0.0 < self.randtopk_k <= 1.0, "a fraction in (0, 1]")
-        _check("randtopk_alpha", 0.0 <= self.randtopk_alpha < 1.0, "a fraction in [0, 1)")
-        _check("quantize_bits", 1 <= self.quantize_bits <= 16, "an integer in 1..16")
         _check("dirichlet_alpha", self.dirichlet_alpha > 0, "a number > 0")
         _check("lr", self.lr > 0, "a number > 0")
         _check("momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
@@ -172,6 +149,30 @@ class ExperimentConfig:
         _check("data_dir", bool(self.data_dir) or self.dataset == "synthetic", "a directory path")
         _check("out_dir", not self.out_dir or Path(self.out_dir).is_absolute(),
                "an absolute path (the Flower app runs from a copy of the project)")
+
+    def _check_options(self) -> None:
+        """Validate every group (its ``__post_init__``); warn about set options that have no effect."""
+        for group in self._groups:
+            group.cls(**{key: getattr(self, key) for key in group.keys})
+            if group.kind and getattr(self, group.kind) != group.name:
+                unused = [f"{f.name} = {getattr(self, f.name)!r}" for f in fields(group.cls)
+                          if getattr(self, f.name) != f.default]
+                if unused:
+                    warnings.warn(
+                        f"config key(s) {', '.join(unused)} belong to {group.label()} but {group.kind} = "
+                        f"{getattr(self, group.kind)!r}: they have no effect", UnusedOptionWarning, stacklevel=4)
+
+    def options(self, kind: str) -> Any:
+        """The options of the component selected by key ``kind`` (e.g. "codec"), or of feature ``kind``.
+
+        None when that component declares no options.
+        """
+        for group in self._groups:
+            if (group.kind == kind and getattr(self, kind) == group.name) or (not group.kind and group.name == kind):
+                return group.cls(**{key: getattr(self, key) for key in group.keys})
+        if not any(g.kind == kind for g in self._groups) and kind not in SELECTORS:
+            raise KeyError(f"no component kind or feature named {kind!r}")
+        return None
 
     # ----- constructors -----
     @classmethod
@@ -225,17 +226,10 @@ class ExperimentConfig:
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """Copy with some fields changed (validated)."""
-        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+        return type(self).from_dict({**self.to_dict(), **changes})
 
 
-def _check(name: str, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"config key {name!r}: invalid value; expected {allowed}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"config key {name!r}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+_check, _check_choice = check, check_choice
 
 
 def _valid_device(device: str) -> bool:
@@ -292,6 +286,28 @@ def _toml_value(v: Any) -> str:
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
 
+
+def _assemble() -> type[GeneralConfig]:
+    """``GeneralConfig`` plus one field per declared option, as one frozen dataclass."""
+    groups = option_groups()
+    general = {f.name for f in fields(GeneralConfig)}
+    extra = []
+    for group in groups:
+        for f in fields(group.cls):
+            if f.name in general:
+                raise ValueError(f"config key {f.name!r} of {group.label()} is a general config key")
+            extra.append((f.name, f.type, dataclasses.field(default=f.default)))
+    cls = dataclasses.make_dataclass(
+        "ExperimentConfig", extra, bases=(GeneralConfig,), frozen=True,
+        namespace={"_groups": groups, "__doc__": "Everything that defines a run: the general keys of "
+                   "``GeneralConfig`` and every component's options. Field names are the config keys "
+                   "(kebab-case in Flower)."},
+    )
+    cls.__module__ = __name__  # so that pickle (Ray, torch.save) finds it here
+    return cls
+
+
+ExperimentConfig = _assemble()
 
 DEFAULT_CONFIG = ExperimentConfig()
 

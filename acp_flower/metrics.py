@@ -13,13 +13,18 @@ import pandas as pd
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.runtime.protocol import RoundOutcome
+from acp_flower.runtime.stats import ServerStats
 
 log = logging.getLogger("acp_flower")
 
 METRIC_COLUMNS = (
     "round", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "bytes_up", "bytes_down",
     "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
+    "aux_test_accuracy", "aux_test_loss", "aux_train_loss", "aux_train_accuracy",
 )
+"""metrics.csv columns. ``aux_*``: the client's own prediction (decoupled SL's auxiliary head:
+test accuracy/loss on the uncompressed smashed data, training loss/accuracy of its local
+loss); empty when the exchange has none."""
 RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
 CHECKPOINT_FILE = "checkpoint.pt"
 """Local runner with checkpointing: the state after the last finished round (acp_flower.runners.checkpoint)."""
@@ -40,6 +45,8 @@ def outcome_row(outcome: RoundOutcome) -> dict[str, Any]:
     """One metrics.csv row from a round's outcome."""
     traffic = sum((r.traffic for r in outcome.results[1:]), outcome.results[0].traffic) if outcome.results else None
     steps = traffic.steps if traffic else 0
+    local = sum((r.local_stats for r in outcome.results), ServerStats())
+    nan = float("nan")
     return {
         "round": outcome.server_round,
         "test_accuracy": outcome.test_accuracy,
@@ -53,6 +60,10 @@ def outcome_row(outcome: RoundOutcome) -> dict[str, Any]:
         "mean_prune_ratio": traffic.prune_ratio_sum / steps if steps else float("nan"),
         "clients": len(outcome.results),
         "wall_s": outcome.wall_s,
+        "aux_test_accuracy": outcome.evaluation.get("aux_test_accuracy", nan),
+        "aux_test_loss": outcome.evaluation.get("aux_test_loss", nan),
+        "aux_train_loss": local.mean_loss,
+        "aux_train_accuracy": local.accuracy,
     }
 
 
@@ -120,7 +131,7 @@ class RunRecorder:
             with (self.out_dir / "metrics.csv").open("w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(METRIC_COLUMNS)
-                writer.writerows([_fmt(row[c]) for c in METRIC_COLUMNS] for row in self.rows)
+                writer.writerows([_fmt(row.get(c, math.nan)) for c in METRIC_COLUMNS] for row in self.rows)
 
     def _cut_prune_trace(self, last_round: int) -> None:
         path = self.out_dir / PRUNE_TRACE_FILE

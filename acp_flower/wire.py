@@ -120,11 +120,13 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, g
 
 
 # ---------------------------------------------------------------- gradient mirroring
-def like(ref: Payload, dense: torch.Tensor) -> Payload:
+def like(ref: Payload, dense: torch.Tensor, *, bits: int | None = None) -> Payload:
     """Compress ``dense`` (same shape as ``ref``) with ref's mask / indices / bit width.
 
     This is how the server sparsifies the gradient w.r.t. the smashed data: the same
-    channels or positions that came up go back down.
+    channels or positions that came up go back down. ``bits`` overrides ref's bit width
+    (down-link quantization; 0 = float32), with ref's quantization groups when it has
+    per-channel ones, else one range for the tensor.
     """
     if tuple(dense.shape) != tuple(ref.shape):
         raise PayloadError(f"gradient shape {tuple(dense.shape)} != smashed shape {ref.shape}")
@@ -135,12 +137,13 @@ def like(ref: Payload, dense: torch.Tensor) -> Payload:
         values = dense[:, ref.channel_mask.to(dense.device)].reshape(-1)
     else:
         values = dense.reshape(-1)
-    if not ref.bits:
+    bits = ref.bits if bits is None else bits
+    if not bits:
         return Payload(ref.shape, values, ref.channel_mask, ref.indices)
-    num_groups = 1 if ref.scale is None else ref.scale.numel()
-    groups = ref._group_index()
-    codes, scale, offset = quantize(values, ref.bits, groups.to(values.device) if groups is not None else None, num_groups)
-    return Payload(ref.shape, codes, ref.channel_mask, ref.indices, None, ref.bits, scale, offset)
+    num_groups = 1 if ref.scale is None or not ref.bits else ref.scale.numel()
+    groups = ref._group_index() if ref.bits else None
+    codes, scale, offset = quantize(values, bits, groups.to(values.device) if groups is not None else None, num_groups)
+    return Payload(ref.shape, codes, ref.channel_mask, ref.indices, None, bits, scale, offset)
 
 
 # ---------------------------------------------------------------- accounting

@@ -1,16 +1,22 @@
 """Config validation: every bad input names the key and the allowed values."""
 
+import dataclasses
+import warnings
+
 import pytest
 
-from acp_flower.config import ExperimentConfig
+from acp_flower.codecs.acp import AcpOptions
+from acp_flower.codecs.quantize import QuantizeOptions
+from acp_flower.config import ExperimentConfig, GeneralConfig
+from acp_flower.options import UnusedOptionWarning, declare_options, option_groups
+from strategies import get_strategy
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"dataset": "imagenet"}, r"'dataset'.*allowed: cifar10, fashion-mnist, mnist, synthetic"),
-        ({"codec": "zip"}, r"'codec'.*allowed: standard, acp, randtopk, quantize"),
-        ({"scheme": "fedavg"}, r"'scheme'.*allowed: vanilla, splitfed_v1, splitfed_v2"),
+        ({"codec": "zip"}, r"'codec'.*allowed: acp, quantize, randtopk, standard"),
         ({"partition": "random"}, r"'partition'.*allowed: iid, dirichlet, shard, pathological"),
         ({"acp_scoring": "l1"}, r"'acp_scoring'.*allowed: lcis, l0, random"),
         ({"acp_ratio": "auto"}, r"'acp_ratio'.*allowed: adaptive, fixed, random"),
@@ -67,3 +73,49 @@ def test_missing_config_file_and_bad_override(tmp_path):
         ExperimentConfig.from_toml(tmp_path / "nope.toml")
     with pytest.raises(ValueError, match="key=value"):
         ExperimentConfig.from_toml(None, ["rounds"])
+
+
+def test_unknown_scheme_names_the_key_and_the_strategies():
+    # schemes live above the core, so the drivers check them first thing (get_strategy)
+    with pytest.raises(ValueError, match=r"'scheme'.*allowed: splitfed_v1, splitfed_v2, vanilla"):
+        get_strategy("fedavg")
+
+
+def test_every_declared_option_is_a_config_key_with_its_default():
+    cfg = ExperimentConfig()
+    declared = {f.name: f.default for g in option_groups() for f in dataclasses.fields(g.cls)}
+    general = {f.name for f in dataclasses.fields(GeneralConfig)}
+    assert {"acp_scoring", "p_base", "randtopk_k", "quantize_bits"} <= set(declared)
+    assert set(cfg.to_dict()) == general | set(declared)
+    assert all(getattr(cfg, key) == default for key, default in declared.items())
+
+
+def test_options_of_the_selected_component():
+    assert ExperimentConfig(codec="quantize", quantize_bits=4).options("codec") == QuantizeOptions(quantize_bits=4)
+    assert ExperimentConfig(codec="acp", p_base=0.65).options("codec") == AcpOptions(p_base=0.65)
+    assert ExperimentConfig(codec="standard").options("codec") is None  # declares no options
+    with pytest.raises(KeyError, match="'nope'"):
+        ExperimentConfig().options("nope")
+
+
+def test_an_option_of_an_unselected_codec_warns_naming_key_and_codec():
+    with pytest.warns(UnusedOptionWarning, match=r"randtopk_k = 0.2 belong to codec 'randtopk' but codec = 'acp'"):
+        ExperimentConfig(codec="acp", randtopk_k=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # defaults, or options of the selected codec: silent
+        ExperimentConfig(codec="randtopk", randtopk_k=0.2)
+        ExperimentConfig(codec="acp")
+
+
+def test_an_unselected_codec_option_is_still_validated():
+    with pytest.raises(ValueError, match="'quantize_bits'"):
+        ExperimentConfig(codec="acp", quantize_bits=99)
+
+
+def test_a_key_declared_twice_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        p_base: float = 0.5
+
+    with pytest.raises(ValueError, match=r"'p_base' of codec 'clash' is already declared by codec 'acp'"):
+        declare_options(Clash, kind="codec", name="clash")

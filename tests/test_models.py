@@ -18,7 +18,7 @@ def test_split_equals_unsplit(in_channels, size, smashed, cut):
     assert torch.allclose(full, parts, atol=1e-6)
     if cut == 4:
         assert tuple(split.head(x).shape[1:]) == smashed
-        assert tuple(smashed_shape(split, in_channels, size)) == smashed
+        assert tuple(smashed_shape(split.head, in_channels, size)) == smashed
 
 
 def test_default_cut_is_papers_first_four_modules():

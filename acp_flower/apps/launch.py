@@ -37,6 +37,7 @@ from typing import Any
 import tomli_w
 
 from acp_flower.config import ExperimentConfig
+from strategies import get_strategy
 
 APP_DIR = Path(__file__).resolve().parents[2]
 """The Flower app's project directory (where pyproject.toml is)."""
@@ -134,7 +135,8 @@ def resolve_run_config(items: list[str] | None, cwd: Path | None = None) -> dict
     values["data-dir"] = str((cwd / str(values.get("data-dir", defaults["data-dir"]))).resolve())
     if values.get("out-dir"):
         values["out-dir"] = str((cwd / str(values["out-dir"])).resolve())
-    ExperimentConfig.from_run_config({**defaults, **values})  # unknown keys, bad values: ValueError
+    cfg = ExperimentConfig.from_run_config({**defaults, **values})  # unknown keys, bad values: ValueError
+    get_strategy(cfg.scheme)  # an unknown scheme too, before a SuperLink starts
     return values
 
 

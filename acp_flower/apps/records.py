@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from acp_flower.runtime.common import StateDict
 from acp_flower.runtime.protocol import ClientTask
-from acp_flower.runtime.stats import ClientResult, TrafficStats
+from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats
 
 
 # Message types (category.action) handled by the ClientApp.
@@ -75,8 +75,11 @@ def content_to_task(content: RecordDict) -> tuple[ClientTask, ConfigRecord]:
 def result_to_content(result: ClientResult, pid: int = -1) -> RecordDict:
     """A ClientResult as reply content (``pid``: the process that trained, for diagnostics)."""
     traffic = {f.name: getattr(result.traffic, f.name) for f in fields(TrafficStats)}
+    local = result.local_stats
     return RecordDict({
-        RESULT: ConfigRecord({"client-id": result.client_id, "num-examples": result.num_examples, "pid": pid}),
+        RESULT: ConfigRecord({"client-id": result.client_id, "num-examples": result.num_examples, "pid": pid,
+                              "train-s": result.train_s, "local-loss-sum": local.loss_sum,
+                              "local-correct": local.correct, "local-samples": local.samples}),
         HEAD: state_to_record(result.head_state),
         CODEC_EVAL: state_to_record(result.codec_eval_state),
         TRAFFIC: MetricRecord(traffic),
@@ -89,9 +92,10 @@ def content_to_result(content: RecordDict) -> ClientResult:
     traffic = content.metric_records[TRAFFIC]
     stats = TrafficStats(**{f.name: float(traffic[f.name]) if f.type == "float" else int(traffic[f.name])
                             for f in fields(TrafficStats)})
+    local = ServerStats(float(meta["local-loss-sum"]), int(meta["local-correct"]), int(meta["local-samples"]))
     return ClientResult(
         int(meta["client-id"]), record_to_state(content.array_records[HEAD]), int(meta["num-examples"]),
-        stats, record_to_state(content.array_records[CODEC_EVAL]),
+        stats, record_to_state(content.array_records[CODEC_EVAL]), local, float(meta["train-s"]),
     )
 
 

@@ -42,6 +42,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
     t0 = time.perf_counter()
     if not cfg.out_dir:
         log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
+    strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before anything is written
     recorder = RunRecorder(cfg.out_dir or None, cfg)
     executor: FlowerExecutor | None = None
     tails = None
@@ -49,7 +50,6 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
         executor, tails, evaluator = _setup(grid, cfg)
         extra = {"transport": cfg.transport, "setup_s": time.perf_counter() - t0}
         log.info("%d clients ready (transport=%s, %.1fs)", len(executor.client_ids), cfg.transport, extra["setup_s"])
-        strategy = get_strategy(cfg.scheme)()
         strategy.initialize(executor, *initial_states(cfg))
         strategy.start(executor, cfg.rounds, evaluator, recorder.record, stop_accuracy=cfg.stop_accuracy)
     except BaseException as exc:

@@ -16,18 +16,52 @@ channels) when the current batch separates labels better than the running averag
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from acp_flower.codecs.base import Codec, StateDict, register_codec
+from acp_flower.options import check, check_choice
 from acp_flower.wire import Payload
 
-if TYPE_CHECKING:
-    from acp_flower.config import ExperimentConfig
-
 _TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class AcpOptions:
+    """Options of ACP-SL (paper section II; P_min/P_base/P_max are eq. 13's)."""
+
+    acp_scoring: str = "lcis"
+    """Channel scoring: lcis (paper), l0 (non-zero count), random."""
+    acp_ratio: str = "adaptive"
+    """Pruning ratio: adaptive (eqs 10-13), fixed (p_base), random in [p_min, p_max]."""
+    acp_group_score: str = "ratio"
+    """Group score of eq. (10): ratio (intra/inter, well defined) or literal (0/0, see docs)."""
+    acp_score_mix: str = "combined"
+    """Channel score used for pruning: combined (eq. 8), instant (eq. 6), historical (eq. 7)."""
+    acp_eval_mask: str = "hist"
+    """Channels kept at inference (no labels): hist (top by S_hist at the last ratio) or all."""
+    p_min: float = 0.6
+    """Minimum pruning ratio."""
+    p_base: float = 0.7
+    """Base pruning ratio."""
+    p_max: float = 0.8
+    """Maximum pruning ratio."""
+
+    def __post_init__(self) -> None:
+        check_choice("acp_scoring", self.acp_scoring, ("lcis", "l0", "random"))
+        check_choice("acp_ratio", self.acp_ratio, ("adaptive", "fixed", "random"))
+        check_choice("acp_group_score", self.acp_group_score, ("ratio", "literal"))
+        check_choice("acp_score_mix", self.acp_score_mix, ("combined", "instant", "historical"))
+        check_choice("acp_eval_mask", self.acp_eval_mask, ("hist", "all"))
+        for name in ("p_min", "p_base", "p_max"):
+            check(name, 0.0 <= getattr(self, name) < 1.0, "a ratio in [0, 1)")
+        if not self.p_min <= self.p_base <= self.p_max:
+            raise ValueError(
+                f"need p_min <= p_base <= p_max, got p_min={self.p_min}, p_base={self.p_base}, "
+                f"p_max={self.p_max}"
+            )
 
 
 def lcis_components(smashed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,31 +124,27 @@ def lcis_instant_scores(smashed: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return _normalize(s_intra) - _normalize(s_inter)
 
 
-@register_codec("acp")
+@register_codec("acp", options=AcpOptions)
 class AcpCodec(Codec):
     """ACP-SL codec: prune the round(P_t N) lowest-scoring channels, send the rest + mask.
 
-    Options (config keys): ``acp_scoring`` (lcis | l0 | random: which channel score ranks
-    channels), ``acp_ratio`` (adaptive | fixed | random: how P_t is chosen),
-    ``acp_group_score`` (ratio | literal: the group score of eq. 10), ``acp_score_mix``
-    (combined | instant | historical: eq. 8, 6 or 7 for ranking), ``p_min/p_base/p_max``.
-    The adaptive ratio always uses LCIS's group score, so the scoring ablation changes
+    Options: ``AcpOptions``. The adaptive ratio always uses LCIS's group score, so the scoring ablation changes
     only which channels are kept. Inference keeps the top channels by S_hist at the last
     training ratio (the combined score at t = T equals S_hist), needing no labels; with
     ``acp_eval_mask = "all"`` it keeps every channel (an ablation: the paper is silent).
     """
 
-    def __init__(self, cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> None:
-        super().__init__(cfg, total_steps=total_steps, seed=seed)
-        self.scoring, self.ratio_mode = cfg.acp_scoring, cfg.acp_ratio
-        self.group_score, self.score_mix = cfg.acp_group_score, cfg.acp_score_mix
-        self.eval_mask = cfg.acp_eval_mask
-        self.p_min, self.p_base, self.p_max = cfg.p_min, cfg.p_base, cfg.p_max
+    def __init__(self, options: AcpOptions, *, total_steps: int = 1, seed: int = 0) -> None:
+        super().__init__(options, total_steps=total_steps, seed=seed)
+        self.scoring, self.ratio_mode = options.acp_scoring, options.acp_ratio
+        self.group_score, self.score_mix = options.acp_group_score, options.acp_score_mix
+        self.eval_mask = options.acp_eval_mask
+        self.p_min, self.p_base, self.p_max = options.p_min, options.p_base, options.p_max
         self.t = 0
         self.s_hist: torch.Tensor | None = None  # N, float64 (eq. 7)
         self.d_hist = 0.0  # running mean of D_inst (eq. 11)
         self.d_count = 0
-        self.last_ratio = cfg.p_base
+        self.last_ratio = options.p_base
         self.last_w = 1.0
         self.last_d_inst = float("nan")
         self.degenerate_steps = 0  # steps whose W_t was not finite

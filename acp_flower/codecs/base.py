@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from acp_flower.options import ComponentConfig, declare_options
 from acp_flower.wire import Payload, like
-
-if TYPE_CHECKING:
-    from acp_flower.config import ExperimentConfig
 
 StateDict = dict[str, torch.Tensor]
 _REGISTRY: dict[str, type[Codec]] = {}
@@ -27,8 +25,8 @@ class Codec(ABC):
 
     Parameters
     ----------
-    cfg : ExperimentConfig
-        Codec options are read from it.
+    options : dataclass or None
+        The codec's options (the dataclass given to ``register_codec``; None if it has none).
     total_steps : int
         Training iterations this client will run (T of ACP-SL eq. 9).
     seed : int
@@ -37,7 +35,8 @@ class Codec(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> None:
+    def __init__(self, options: Any = None, *, total_steps: int = 1, seed: int = 0) -> None:
+        self.options = options
         self.total_steps = max(1, int(total_steps))
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -61,10 +60,6 @@ class Codec(ABC):
         """Client side: the dense gradient."""
         return payload.to_dense()
 
-    def dropped_fraction(self, payload: Payload) -> float:
-        """Fraction of the smashed data's elements whose values were not sent."""
-        return 1.0 - payload.kept_fraction
-
     def state_dict(self) -> StateDict:
         """Client-side state that must persist across rounds (tensors only)."""
         return {"rng": self.generator.get_state()}
@@ -80,12 +75,18 @@ class Codec(ABC):
         """Install an (aggregated) ``eval_state`` for inference."""
 
 
-def register_codec(name: str) -> Callable[[C], C]:
-    """Class decorator adding a codec under ``name``; a duplicate name raises."""
+def register_codec(name: str, *, options: type | None = None) -> Callable[[C], C]:
+    """Class decorator adding a codec under ``name`` (config ``codec = name``); a duplicate raises.
+
+    ``options`` is the dataclass of the codec's config keys (see ``acp_flower.options``);
+    the codec is constructed with an instance of it.
+    """
 
     def wrap(cls: C) -> C:
         if name in _REGISTRY:
             raise ValueError(f"codec {name!r} is already registered ({_REGISTRY[name].__name__})")
+        if options is not None:
+            declare_options(options, kind="codec", name=name)
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -106,6 +107,6 @@ def get_codec(name: str) -> type[Codec]:
         raise ValueError(f"unknown codec {name!r}; allowed: {', '.join(list_codecs())}") from None
 
 
-def build_codec(cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> Codec:
-    """Instantiate the codec named by ``cfg.codec``."""
-    return get_codec(cfg.codec)(cfg, total_steps=total_steps, seed=seed)
+def build_codec(cfg: ComponentConfig, *, total_steps: int = 1, seed: int = 0) -> Codec:
+    """Instantiate the codec that ``cfg`` selects (``cfg.codec``), with its options."""
+    return get_codec(cfg.codec)(cfg.options("codec"), total_steps=total_steps, seed=seed)

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from acp_flower.codecs.base import Codec, register_codec
+from acp_flower.options import check
 from acp_flower.wire import Payload
 
-if TYPE_CHECKING:
-    from acp_flower.config import ExperimentConfig
+
+@dataclass(frozen=True)
+class RandTopkOptions:
+    """Options of RandTopk-SL."""
+
+    randtopk_k: float = 0.3
+    """Fraction of each sample's elements sent."""
+    randtopk_alpha: float = 0.1
+    """Share of the sent elements drawn at random from the non-top-k ones."""
+
+    def __post_init__(self) -> None:
+        check("randtopk_k", 0.0 < self.randtopk_k <= 1.0, "a fraction in (0, 1]")
+        check("randtopk_alpha", 0.0 <= self.randtopk_alpha < 1.0, "a fraction in [0, 1)")
 
 
-@register_codec("randtopk")
+@register_codec("randtopk", options=RandTopkOptions)
 class RandTopkCodec(Codec):
     """Per sample, send k = round(randtopk_k * d) of its d elements as values + indices.
 
@@ -22,10 +34,10 @@ class RandTopkCodec(Codec):
     returns at the same indices. Inference sends the plain top-k (no randomness).
     """
 
-    def __init__(self, cfg: ExperimentConfig, *, total_steps: int = 1, seed: int = 0) -> None:
-        super().__init__(cfg, total_steps=total_steps, seed=seed)
-        self.fraction = cfg.randtopk_k
-        self.alpha = cfg.randtopk_alpha
+    def __init__(self, options: RandTopkOptions, *, total_steps: int = 1, seed: int = 0) -> None:
+        super().__init__(options, total_steps=total_steps, seed=seed)
+        self.fraction = options.randtopk_k
+        self.alpha = options.randtopk_alpha
 
     def encode(self, smashed: torch.Tensor, labels: torch.Tensor | None = None, *, train: bool = True) -> Payload:
         flat = smashed.detach().reshape(smashed.shape[0], -1)  # B x d

@@ -66,11 +66,11 @@ def split_resnet18(num_classes: int, in_channels: int = 3, cut_layer: int = 4) -
     return split_model(model, cut_layer)
 
 
-def smashed_shape(split: SplitModel, in_channels: int, image_size: int) -> torch.Size:
-    """Shape (N, H, W) of one sample's smashed data."""
+def smashed_shape(head: nn.Module, in_channels: int, image_size: int) -> torch.Size:
+    """Shape (N, H, W) of one sample's smashed data out of ``head`` (run once, in eval mode)."""
     with torch.no_grad():
-        was_training = split.head.training
-        split.head.eval()
-        out = split.head(torch.zeros(1, in_channels, image_size, image_size))
-        split.head.train(was_training)
+        was_training = head.training
+        head.eval()
+        out = head(torch.zeros(1, in_channels, image_size, image_size))
+        head.train(was_training)
     return out.shape[1:]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import dataset_info
-from acp_flower.models.resnet import SplitModel, split_resnet18
+from acp_flower.exchanges import Exchange, build_exchange
+from acp_flower.models.resnet import SplitModel, smashed_shape, split_resnet18
 from acp_flower.seeds import derive_seed
 
 StateDict = dict[str, torch.Tensor]
@@ -36,12 +38,31 @@ def build_split(cfg: ExperimentConfig) -> SplitModel:
     return split_resnet18(info.num_classes, info.in_channels, cfg.cut_layer)
 
 
-def initial_states(cfg: ExperimentConfig) -> tuple[StateDict, StateDict]:
-    """Seeded initial (head_state, tail_state); identical for every driver."""
+def client_model_of(cfg: ExperimentConfig, exchange: Exchange, head: nn.Module) -> nn.Module:
+    """``head`` wrapped into the exchange's client model; its own modules are seeded (stream 8)."""
+    info = dataset_info(cfg.dataset)
+    channels = smashed_shape(head, info.in_channels, info.image_size)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, 8))
+        return exchange.client_model(head, smashed_channels=channels, num_classes=info.num_classes)
+
+
+def _seeded_split(cfg: ExperimentConfig) -> SplitModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, 0))
-        split = build_split(cfg)
-    return clone_state(split.head.state_dict()), clone_state(split.tail.state_dict())
+        return build_split(cfg)
+
+
+def build_client_model(cfg: ExperimentConfig, exchange: Exchange | None = None) -> nn.Module:
+    """The client model of a run with its seeded initial weights (the same on every driver)."""
+    return client_model_of(cfg, exchange or build_exchange(cfg), _seeded_split(cfg).head)
+
+
+def initial_states(cfg: ExperimentConfig) -> tuple[StateDict, StateDict]:
+    """Seeded initial (client-model state, tail state); identical for every driver."""
+    split = _seeded_split(cfg)
+    model = client_model_of(cfg, build_exchange(cfg), split.head)
+    return clone_state(model.state_dict()), clone_state(split.tail.state_dict())
 
 
 def clone_state(state: StateDict) -> StateDict:

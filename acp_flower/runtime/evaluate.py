@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from acp_flower.codecs import build_codec
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import PreparedData, TensorImageDataset, seeded_subset
-from acp_flower.runtime.common import StateDict, build_split
+from acp_flower.exchanges import build_exchange
+from acp_flower.runtime.common import StateDict, build_split, client_model_of
 
 
 @torch.no_grad()
@@ -46,7 +47,10 @@ class Evaluator:
 
     Inference goes through the codec in inference mode (``train=False``): no test labels
     reach the codec; ACP-SL applies the mask learned in training (see AcpCodec). No bytes
-    are counted: evaluation is central, in the server process.
+    are counted: evaluation is central, in the server process. When the exchange gives
+    the client a prediction of its own (decoupled SL's auxiliary head), its accuracy and
+    loss on the uncompressed smashed data are reported too (``aux_test_accuracy``,
+    ``aux_test_loss``).
 
     With a ``calibration_set`` (config key ``eval_bn_recalibration``), every call first
     re-estimates the tail's BatchNorm statistics on it, sent through the same head and
@@ -57,35 +61,63 @@ class Evaluator:
     def __init__(self, cfg: ExperimentConfig, test_set: Dataset, device: torch.device,
                  calibration_set: Dataset | None = None) -> None:
         split = build_split(cfg)
-        self.head, self.tail = split.head.to(device), split.tail.to(device)
+        self.exchange = build_exchange(cfg)
+        self.model = client_model_of(cfg, self.exchange, split.head).to(device)
+        self.tail = split.tail.to(device)
         self.codec = build_codec(cfg)
         self.loader = DataLoader(test_set, batch_size=cfg.eval_batch_size, shuffle=False)
         self.calibration = None if calibration_set is None else DataLoader(
             calibration_set, batch_size=cfg.eval_batch_size, shuffle=False, generator=torch.Generator())
         self.device = device
 
+    def _compressed(self, smashed: torch.Tensor) -> torch.Tensor:
+        """The codec's inference path: what the tail receives at test time."""
+        return self.codec.decode(self.codec.encode(smashed, train=False)).to(self.device)
+
     def _smashed(self, x: torch.Tensor) -> torch.Tensor:
-        """Head, then the codec's inference path: what the tail receives at test time."""
-        smashed = self.codec.decode(self.codec.encode(self.head(x.to(self.device, non_blocking=True)), train=False))
-        return smashed.to(self.device)
+        return self.model(x.to(self.device, non_blocking=True))
 
     @torch.no_grad()
     def __call__(self, head_state: StateDict, tail_state: StateDict, codec_eval_state: StateDict) -> dict[str, float]:
-        self.head.load_state_dict(head_state)
+        self.model.load_state_dict(head_state)
         self.tail.load_state_dict(tail_state)
         self.codec.load_eval_state(codec_eval_state)
-        self.head.eval()
+        self.model.eval()
         self.tail.eval()
         if self.calibration is not None:
-            recalibrate_batchnorm(self.tail, (self._smashed(x) for x, _ in self.calibration))
-        correct, loss_sum, total = 0, 0.0, 0
+            recalibrate_batchnorm(self.tail, (self._compressed(self._smashed(x)) for x, _ in self.calibration))
+        server, local = _Totals(), _Totals()
         for x, y in self.loader:
             y = y.to(self.device, non_blocking=True)
-            logits = self.tail(self._smashed(x))
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            total += y.numel()
-        return {"test_accuracy": correct / total, "test_loss": loss_sum / total}
+            smashed = self._smashed(x)
+            server.add(self.tail(self._compressed(smashed)), y)
+            aux = self.exchange.local_logits(self.model, smashed)
+            if aux is not None:
+                local.add(aux, y)
+        out = {"test_accuracy": server.accuracy, "test_loss": server.loss}
+        if local.total:
+            out |= {"aux_test_accuracy": local.accuracy, "aux_test_loss": local.loss}
+        return out
+
+
+class _Totals:
+    """Correct predictions and summed cross-entropy over test batches."""
+
+    def __init__(self) -> None:
+        self.correct, self.loss_sum, self.total = 0, 0.0, 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.total += y.numel()
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.total
 
 
 def build_evaluator(cfg: ExperimentConfig, data: PreparedData, device: torch.device) -> Evaluator:

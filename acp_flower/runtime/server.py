@@ -3,48 +3,47 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.exchanges import Exchange, build_exchange
 from acp_flower.runtime.common import (
     StateDict, build_split, clone_state, flatten_optimizer, make_optimizer, unflatten_optimizer,
 )
 from acp_flower.runtime.stats import ServerStats
-from acp_flower.wire import PayloadError, from_bytes, like, to_bytes
+from acp_flower.wire import PayloadError, from_bytes, to_bytes
 
 
 class ServerRuntime:
     """Holds a tail copy and its optimizer; ``step`` answers one smashed-data payload.
 
-    The server needs no codec: it rebuilds the dense smashed data from the payload and
-    sends the gradient back compressed like the payload (``wire.like``).
+    What a step does is the ``exchange``'s (default: backprop). The server needs no codec:
+    it rebuilds the dense smashed data from the payload (``Payload.to_dense``) and any
+    reply goes back compressed like the payload (``wire.like``).
     """
 
-    def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 exchange: Exchange | None = None) -> None:
         self.tail, self.optimizer, self.device = tail.to(device), optimizer, device
+        self.exchange = exchange if exchange is not None else build_exchange(ExperimentConfig())
         self.stats = ServerStats()
         self.prune_trace: list[float] | None = None
         """Set to a list to collect the pruned fraction of every upload (``pop_prune_trace``)."""
 
     def step(self, up: bytes) -> bytes:
-        """One exchange: decode, tail forward/backward, optimizer step, encode the gradient."""
+        """One exchange: decode the upload, let the exchange train on it, encode its reply (b"" if none)."""
         payload = from_bytes(up)
         if self.prune_trace is not None:
             self.prune_trace.append(1.0 - payload.kept_fraction)
         if payload.labels is None:
             raise PayloadError("smashed-data payload carries no labels")
-        x = payload.to_dense().to(self.device, non_blocking=True).requires_grad_()
-        y = payload.labels.to(self.device, non_blocking=True)
-        self.tail.train()
-        logits = self.tail(x)
-        loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        with torch.no_grad():
-            batch = y.numel()
-            self.stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == y).sum()), batch)
-        return to_bytes(like(payload, x.grad))
+        reply = self.exchange.server_step(self, payload)
+        return b"" if reply is None else to_bytes(reply)
+
+    @torch.no_grad()
+    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch's training loss and accuracy (``ServerSide``, for exchanges)."""
+        batch = labels.numel()
+        self.stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
 
     def pop_stats(self) -> ServerStats:
         """Training totals since the last call."""
@@ -77,7 +76,7 @@ class ServerRuntime:
 def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
     """A server runtime with a freshly built tail (load weights with ``set_state``)."""
     tail = build_split(cfg).tail.to(device)
-    return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device)
+    return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device, build_exchange(cfg))
 
 
 class TailSlots:

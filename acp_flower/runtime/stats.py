@@ -36,7 +36,7 @@ class TrafficStats:
 
 @dataclass
 class ServerStats:
-    """Training loss/accuracy totals seen by the server (summable)."""
+    """Training loss/accuracy totals (summable): the server's, or a client's own (auxiliary) ones."""
 
     loss_sum: float = 0.0
     """Sum over samples of the cross-entropy loss."""
@@ -71,6 +71,10 @@ class ClientResult:
     traffic: TrafficStats = field(default_factory=TrafficStats)
     codec_eval_state: StateDict = field(default_factory=dict)
     """What the codec learned that evaluation needs (e.g. ACP-SL's historical scores)."""
+    local_stats: ServerStats = field(default_factory=lambda: ServerStats())
+    """Loss/accuracy of the client's own prediction (decoupled: the auxiliary head); empty otherwise."""
+    train_s: float = 0.0
+    """Wall time of the client's training this round, exchanges included (the link model's compute)."""
 
 
 def fedavg_states(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:

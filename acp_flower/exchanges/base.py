@@ -1,0 +1,141 @@
+"""Exchange protocols: what one mini-batch exchange does on the client, on the server, and on the wire.
+
+An exchange is chosen by name (config key ``exchange``) like a codec, and is orthogonal to
+the strategy (who trains when) and to the codec (how tensors are compressed): every
+strategy runs with every exchange and every up-link codec. The runtimes own the models,
+optimizers, codecs and statistics (``ClientSide`` / ``ServerSide``); an exchange only says
+what one step does with them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acp_flower.options import ComponentConfig, declare_options
+from acp_flower.wire import Payload
+
+Send = Callable[[bytes], bytes]
+"""``send(up_bytes) -> down_bytes``: one upload to the server and its reply (``b""`` if none)."""
+_REGISTRY: dict[str, type["Exchange"]] = {}
+E = TypeVar("E", bound="type[Exchange]")
+
+
+class ClientSide(Protocol):
+    """What the client runtime offers an exchange."""
+
+    model: nn.Module
+    """The client model (``Exchange.client_model``); ``model(x)`` is the smashed data."""
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def upload(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[Payload, bytes]:
+        """Encode the smashed data for the up-link (codec, dropout, labels): the payload and its bytes."""
+
+    def decode_grad(self, down: bytes, up: Payload) -> tuple[Payload, torch.Tensor]:
+        """Parse a gradient reply to ``up``: its payload and the dense gradient on ``device``."""
+
+    def record_local(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch's client-side loss and accuracy to the round's local statistics."""
+
+
+class ServerSide(Protocol):
+    """What the server runtime offers an exchange."""
+
+    tail: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch's training loss and accuracy to the server's statistics."""
+
+
+class Exchange(ABC):
+    """One mini-batch exchange between a client and the server.
+
+    Parameters
+    ----------
+    options : dataclass or None
+        The exchange's options (given to ``register_exchange``).
+    """
+
+    name: ClassVar[str]
+    blocking: ClassVar[bool] = True
+    """The client waits for the server's reply before its next batch (the link model pays
+    a round trip per batch); False = uploads stream, nothing comes back."""
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options
+
+    def client_model(self, head: nn.Module, *, smashed_channels: int, num_classes: int) -> nn.Module:
+        """The model the client trains: ``head`` itself, or ``head`` plus modules of this exchange.
+
+        Its ``state_dict`` is what strategies hand between clients and average.
+        """
+        return head
+
+    def head(self, model: nn.Module) -> nn.Module:
+        """The part of ``client_model`` that produces the smashed data (what reaches the server)."""
+        return model
+
+    def local_logits(self, model: nn.Module, smashed: torch.Tensor) -> torch.Tensor | None:
+        """The client's own prediction from the smashed data (e.g. an auxiliary head), if it has one."""
+        return None
+
+    @abstractmethod
+    def client_step(self, client: ClientSide, x: torch.Tensor, y: torch.Tensor,
+                    send: Send) -> tuple[Payload, bytes, Payload | None, bytes]:
+        """One training batch on the client; returns (up payload, up bytes, down payload or None, down bytes)."""
+
+    @abstractmethod
+    def server_step(self, server: ServerSide, payload: Payload) -> Payload | None:
+        """Train on one received upload; the reply payload, or None when nothing goes back."""
+
+
+def train_tail(server: ServerSide, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One optimizer step of the tail on (x, y) with the true loss (cross-entropy)."""
+    server.tail.train()
+    logits = server.tail(x)
+    loss = F.cross_entropy(logits, y)
+    server.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    server.optimizer.step()
+    server.record(loss, logits, y)
+
+
+def register_exchange(name: str, *, options: type | None = None) -> Callable[[E], E]:
+    """Class decorator adding an exchange under ``name`` (config ``exchange = name``); a duplicate raises."""
+
+    def wrap(cls: E) -> E:
+        if name in _REGISTRY:
+            raise ValueError(f"exchange {name!r} is already registered ({_REGISTRY[name].__name__})")
+        if options is not None:
+            declare_options(options, kind="exchange", name=name)
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_exchanges() -> list[str]:
+    """Names of the registered exchanges, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_exchange(name: str) -> type[Exchange]:
+    """The exchange class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"config key 'exchange': unknown value {name!r}; allowed: {', '.join(list_exchanges())}") from None
+
+
+def build_exchange(cfg: ComponentConfig) -> Exchange:
+    """Instantiate the exchange that ``cfg`` selects (``cfg.exchange``), with its options."""
+    return get_exchange(cfg.exchange)(cfg.options("exchange"))
