@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from acp_flower import codecs, exchanges  # noqa: F401  imported for their components' option declarations
+from acp_flower import codecs, exchanges, link, models  # noqa: F401  imported for their option declarations
 from acp_flower.codecs import list_codecs
 from acp_flower.exchanges import list_exchanges
 from acp_flower.options import OptionGroup, UnusedOptionWarning, check, check_choice, option_groups
@@ -197,12 +197,7 @@ class GeneralConfig:
                     values = tomllib.load(fh)
                 except tomllib.TOMLDecodeError as exc:
                     raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} must look like key=value")
-            values[key.strip().replace("-", "_")] = _parse_override(raw.strip())
-        return cls.from_dict(values)
+        return cls.from_dict({**values, **parse_overrides(overrides or [])})
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ExperimentConfig:
@@ -268,6 +263,17 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
     except (TypeError, ValueError):
         raise ValueError(f"config key {key!r}: expected {type_name}, got {value!r}") from None
     raise AssertionError(f"unhandled field type {type_name} for {key}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (values in TOML syntax, bare words as strings) as snake_case keys -> values."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value")
+        values[key.strip().replace("-", "_")] = _parse_override(raw.strip())
+    return values
 
 
 def _parse_override(raw: str) -> Any:

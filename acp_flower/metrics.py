@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.exchanges import get_exchange
+from acp_flower.link import ClientTraffic, round_times
 from acp_flower.runtime.protocol import RoundOutcome
 from acp_flower.runtime.stats import ServerStats
 
@@ -21,10 +23,18 @@ METRIC_COLUMNS = (
     "round", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "bytes_up", "bytes_down",
     "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
     "aux_test_accuracy", "aux_test_loss", "aux_train_loss", "aux_train_accuracy",
+    "exchanges", "comm_s", "sim_wall_s",
+    "client_params", "client_params_nonzero", "client_flops", "client_flops_sparse",
 )
 """metrics.csv columns. ``aux_*``: the client's own prediction (decoupled SL's auxiliary head:
 test accuracy/loss on the uncompressed smashed data, training loss/accuracy of its local
-loss); empty when the exchange has none."""
+loss); empty when the exchange has none. ``exchanges``: mini-batch exchanges of the round.
+``comm_s``/``sim_wall_s``: the link model's communication time and communication + measured
+client compute (``acp_flower.link``). ``client_*``: the global client model after the round:
+parameters, non-zero parameters, forward FLOPs per sample, dense and scaled by weight
+density (``acp_flower.models.cost``)."""
+TIMING_COLUMNS = ("wall_s", "sim_wall_s")
+"""Columns that hold measured wall times: the only ones that differ between runs of one seed."""
 RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
 CHECKPOINT_FILE = "checkpoint.pt"
 """Local runner with checkpointing: the state after the last finished round (acp_flower.runners.checkpoint)."""
@@ -41,12 +51,16 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
         raise NotADirectoryError(f"output path {out_dir} exists and is not a directory")
 
 
-def outcome_row(outcome: RoundOutcome) -> dict[str, Any]:
-    """One metrics.csv row from a round's outcome."""
+def outcome_row(outcome: RoundOutcome, cfg: ExperimentConfig) -> dict[str, Any]:
+    """One metrics.csv row from a round's outcome (``cfg``: the link model's settings)."""
     traffic = sum((r.traffic for r in outcome.results[1:]), outcome.results[0].traffic) if outcome.results else None
     steps = traffic.steps if traffic else 0
     local = sum((r.local_stats for r in outcome.results), ServerStats())
     nan = float("nan")
+    clients = [ClientTraffic(r.client_id, r.traffic.steps, r.traffic.bytes_up, r.traffic.bytes_down, r.train_s)
+               for r in outcome.results]
+    comm, sim_wall = round_times(cfg.options("link"), cfg.seed, clients, blocking=get_exchange(cfg.exchange).blocking,
+                                 parallel=outcome.parallel)
     return {
         "round": outcome.server_round,
         "test_accuracy": outcome.test_accuracy,
@@ -64,6 +78,11 @@ def outcome_row(outcome: RoundOutcome) -> dict[str, Any]:
         "aux_test_loss": outcome.evaluation.get("aux_test_loss", nan),
         "aux_train_loss": local.mean_loss,
         "aux_train_accuracy": local.accuracy,
+        "exchanges": steps,
+        "comm_s": comm,
+        "sim_wall_s": sim_wall,
+        **{key: outcome.evaluation.get(key, nan) for key in
+           ("client_params", "client_params_nonzero", "client_flops", "client_flops_sparse")},
     }
 
 
@@ -148,7 +167,7 @@ class RunRecorder:
 
     def record(self, outcome: RoundOutcome) -> dict[str, Any]:
         """Add a round: append its row to metrics.csv and log one line."""
-        row = outcome_row(outcome)
+        row = outcome_row(outcome, self.cfg)
         self.rows.append(row)
         if self.out_dir is not None:
             with (self.out_dir / "metrics.csv").open("a", newline="") as fh:

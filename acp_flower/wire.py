@@ -7,13 +7,16 @@ Layout of a serialized payload (little endian)::
     [indices] dtype code u8 | k u32 | B*k indices (smallest unsigned type that fits)
     [labels]  dtype code u8 | B labels (uint8 / uint16 / uint32)
     [quant]   bits u8 | groups u32 | scale: groups x f32 | offset: groups x f32
+    [dropout] seed u64 | p f64 | rescale u8
     values    float32, or quantization codes bit-packed at `bits` bits each
 
-The number of values follows from shape, mask and k, so the total length is checked exactly.
+The number of values follows from shape, mask and k (and, with dropout, from the seeded
+keep mask that both sides draw), so the total length is checked exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from dataclasses import dataclass
@@ -23,13 +26,39 @@ import torch
 
 MAGIC = b"ACPW"
 VERSION = 1
-_F_MASK, _F_INDICES, _F_LABELS, _F_QUANT = 1, 2, 4, 8
+_F_MASK, _F_INDICES, _F_LABELS, _F_QUANT, _F_DROP = 1, 2, 4, 8, 16
+_DROP_BITS = 64 + 64 + 1  # seed, p, rescale flag
 _UINTS = (np.uint8, np.uint16, np.uint32)
 FLOAT_BITS = 32
 
 
 class PayloadError(ValueError):
     """A malformed or inconsistent payload."""
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Random activation dropout on a payload's values (lightweight FedSL, arXiv 2412.06414).
+
+    Of the values the codec would send, each is dropped with probability ``p`` by a mask
+    that sender and receiver both draw from ``seed``; only the kept values travel (the
+    seed, not the mask, is sent). With ``rescale`` the receiver multiplies them by
+    1 / (1 - p), as inverted dropout does, and the gradient that comes back on the same
+    elements gets the same factor (it is the chain rule of that scaling).
+    """
+
+    seed: int
+    p: float
+    rescale: bool = True
+
+    def keep(self, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The boolean keep mask over ``count`` codec values."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return (torch.rand(count, generator=gen, dtype=torch.float64) >= self.p).to(device)
+
+    @property
+    def factor(self) -> float:
+        return 1.0 / (1.0 - self.p) if self.rescale else 1.0
 
 
 @dataclass(frozen=True)
@@ -40,7 +69,8 @@ class Payload:
     holds the kept channels of every sample, B x kept x H x W), or sparse (``indices``
     B x k flat per-sample positions, ``values`` the matching B x k elements). ``bits`` > 0
     means ``values`` are integer codes of uniform quantization with per-group ``scale``
-    and ``offset`` (one group, or one per channel).
+    and ``offset`` (one group, or one per channel). With ``dropout``, ``values`` holds
+    only the kept ones of those values (see ``Dropout``).
     """
 
     shape: tuple[int, ...]
@@ -51,6 +81,7 @@ class Payload:
     bits: int = 0
     scale: torch.Tensor | None = None
     offset: torch.Tensor | None = None
+    dropout: Dropout | None = None
 
     @property
     def batch_size(self) -> int:
@@ -69,10 +100,31 @@ class Payload:
         """Fraction of the dense elements whose values travel."""
         return self.values.numel() / self.dense_numel
 
+    @property
+    def codec_numel(self) -> int:
+        """Values the layout (mask / indices) holds before any dropout."""
+        if self.indices is not None:
+            return self.indices.numel()
+        if self.channel_mask is not None:
+            return self.batch_size * int(self.channel_mask.sum()) * math.prod(self.shape[2:])
+        return self.dense_numel
+
+    def keep_mask(self) -> torch.Tensor | None:
+        """Which of the layout's values travel (None without dropout)."""
+        return None if self.dropout is None else self.dropout.keep(self.codec_numel, self.values.device)
+
     def to_dense(self) -> torch.Tensor:
         """The dense float32 tensor the receiver reconstructs (zeros where nothing was sent)."""
-        vals = dequantize(self.values, self.scale, self.offset, self._group_index()) if self.bits else self.values
+        keep = self.keep_mask()
+        groups = self._group_index()
+        if keep is not None and groups is not None:
+            groups = groups[keep]
+        vals = dequantize(self.values, self.scale, self.offset, groups) if self.bits else self.values
         vals = vals.float()
+        if keep is not None:
+            full = torch.zeros(keep.numel(), dtype=torch.float32, device=vals.device)
+            full[keep] = vals * self.dropout.factor
+            vals = full
         batch = self.batch_size
         if self.indices is not None:
             out = torch.zeros(batch, self.sample_numel, dtype=torch.float32, device=vals.device)
@@ -137,13 +189,26 @@ def like(ref: Payload, dense: torch.Tensor, *, bits: int | None = None) -> Paylo
         values = dense[:, ref.channel_mask.to(dense.device)].reshape(-1)
     else:
         values = dense.reshape(-1)
+    keep = ref.keep_mask()
+    if keep is not None:
+        values = values[keep.to(values.device)]
     bits = ref.bits if bits is None else bits
     if not bits:
-        return Payload(ref.shape, values, ref.channel_mask, ref.indices)
+        return Payload(ref.shape, values, ref.channel_mask, ref.indices, dropout=ref.dropout)
     num_groups = 1 if ref.scale is None or not ref.bits else ref.scale.numel()
     groups = ref._group_index() if ref.bits else None
+    if groups is not None and keep is not None:
+        groups = groups[keep]
     codes, scale, offset = quantize(values, bits, groups.to(values.device) if groups is not None else None, num_groups)
-    return Payload(ref.shape, codes, ref.channel_mask, ref.indices, None, bits, scale, offset)
+    return Payload(ref.shape, codes, ref.channel_mask, ref.indices, None, bits, scale, offset, ref.dropout)
+
+
+def drop(payload: Payload, dropout: Dropout) -> Payload:
+    """``payload`` with activation dropout: only the values ``dropout`` keeps travel."""
+    if payload.dropout is not None:
+        raise PayloadError("payload already has dropout")
+    keep = dropout.keep(payload.values.numel(), payload.values.device)
+    return dataclasses.replace(payload, values=payload.values[keep], dropout=dropout)
 
 
 # ---------------------------------------------------------------- accounting
@@ -152,18 +217,19 @@ def ideal_bits(payload: Payload, num_classes: int) -> int:
 
     A float element costs 32 bits, a sparse element 32 + ceil(log2 d) (d = elements per
     sample), a quantized element ``bits`` plus 64 bits of scale/offset per group, a channel
-    mask one bit per channel, a label ceil(log2 num_classes).
+    mask one bit per channel, a label ceil(log2 num_classes), dropout its seed, p and flag.
     """
-    value_bits = payload.bits or FLOAT_BITS
-    if payload.indices is not None:
-        value_bits += max(1, math.ceil(math.log2(payload.sample_numel)))
-    total = payload.values.numel() * value_bits
+    total = payload.values.numel() * (payload.bits or FLOAT_BITS)
+    if payload.indices is not None:  # every index travels, also those of values dropped by dropout
+        total += payload.indices.numel() * max(1, math.ceil(math.log2(payload.sample_numel)))
     if payload.channel_mask is not None:
         total += payload.channel_mask.numel()
     if payload.bits and payload.scale is not None:
         total += 2 * FLOAT_BITS * payload.scale.numel()
     if payload.labels is not None:
         total += payload.labels.numel() * max(1, math.ceil(math.log2(max(num_classes, 2))))
+    if payload.dropout is not None:
+        total += _DROP_BITS  # seed, p and the rescale flag: the receiver draws the mask itself
     return total
 
 
@@ -201,7 +267,8 @@ def _packed_len(count: int, bits: int) -> int:
 def to_bytes(payload: Payload) -> bytes:
     """Serialize a payload (tensors are moved to CPU)."""
     flags = ((payload.channel_mask is not None) * _F_MASK | (payload.indices is not None) * _F_INDICES
-             | (payload.labels is not None) * _F_LABELS | (payload.bits > 0) * _F_QUANT)
+             | (payload.labels is not None) * _F_LABELS | (payload.bits > 0) * _F_QUANT
+             | (payload.dropout is not None) * _F_DROP)
     parts = [MAGIC, struct.pack("<BBB", VERSION, flags, len(payload.shape)),
              struct.pack(f"<{len(payload.shape)}I", *payload.shape)]
     if payload.channel_mask is not None:
@@ -221,6 +288,10 @@ def to_bytes(payload: Payload) -> bytes:
         parts.append(struct.pack("<BI", payload.bits, payload.scale.numel()))
         parts.append(payload.scale.detach().cpu().numpy().astype("<f4").tobytes())
         parts.append(payload.offset.detach().cpu().numpy().astype("<f4").tobytes())
+    if payload.dropout is not None:
+        d = payload.dropout
+        parts.append(struct.pack("<QdB", d.seed, d.p, d.rescale))
+    if payload.bits:
         parts.append(_pack_codes(payload.values.cpu().numpy().reshape(-1), payload.bits))
     else:
         parts.append(payload.values.detach().cpu().numpy().astype("<f4", copy=False).tobytes())
@@ -250,7 +321,7 @@ def from_bytes(data: bytes) -> Payload:
     version, flags, ndim = r.unpack("<BBB", "header")
     if version != VERSION:
         raise PayloadError(f"unsupported payload version {version} (expected {VERSION})")
-    if flags & ~(_F_MASK | _F_INDICES | _F_LABELS | _F_QUANT) or (flags & _F_MASK and flags & _F_INDICES):
+    if flags & ~(_F_MASK | _F_INDICES | _F_LABELS | _F_QUANT | _F_DROP) or (flags & _F_MASK and flags & _F_INDICES):
         raise PayloadError(f"invalid flags {flags:#x}")
     if not 2 <= ndim <= 8:
         raise PayloadError(f"invalid number of dimensions {ndim}")
@@ -287,6 +358,13 @@ def from_bytes(data: bytes) -> Payload:
         offset = torch.from_numpy(np.frombuffer(r.take(4 * groups, "offset"), "<f4").astype(np.float32))
         if not (torch.isfinite(scale).all() and torch.isfinite(offset).all() and (scale >= 0).all()):
             raise PayloadError("quantization scale/offset must be finite and scale >= 0")
+    dropout = None
+    if flags & _F_DROP:
+        seed, p, rescale = r.unpack("<QdB", "dropout section")
+        if not (0.0 <= p < 1.0) or rescale > 1:
+            raise PayloadError(f"invalid dropout section (p={p}, rescale={rescale})")
+        dropout = Dropout(seed, p, bool(rescale))
+        count = int(dropout.keep(count).sum())
     raw = r.take(_packed_len(count, nbits), "values")
     if r.pos != len(r.view):
         raise PayloadError(f"payload has {len(r.view) - r.pos} trailing bytes")
@@ -296,4 +374,4 @@ def from_bytes(data: bytes) -> Payload:
         values = torch.from_numpy(np.frombuffer(raw, "<f4").astype(np.float32))
         if not torch.isfinite(values).all():
             raise PayloadError("payload values contain NaN or Inf")
-    return Payload(shape, values, mask, indices, labels, nbits, scale, offset)
+    return Payload(shape, values, mask, indices, labels, nbits, scale, offset, dropout)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.metrics import TIMING_COLUMNS
 from acp_flower.runners import checkpoint as ckpt_mod
 from acp_flower.runners import local
 from acp_flower.runners.checkpoint import CHECKPOINT_FILE
@@ -19,7 +20,7 @@ def _cfg(**changes):
 
 
 def _metrics(run_dir):
-    return pd.read_csv(run_dir / "metrics.csv").drop(columns="wall_s")
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
 
 
 class Interrupt(Exception):

@@ -42,6 +42,15 @@ from strategies import get_strategy
         ({"rounds": 2.5}, r"'rounds': expected int"),
         ({"augment": "yes"}, r"'augment': expected bool"),
         ({"bogus_key": 1}, r"unknown config key\(s\) \['bogus_key'\]"),
+        ({"exchange": "dfa"}, r"'exchange'.*allowed: backprop, decoupled"),
+        ({"exchange": "decoupled", "aux_head": "big"}, r"'aux_head'.*allowed: conv_mlp, linear"),
+        ({"act_dropout": 1.0}, r"'act_dropout'.*\[0, 1\)"),
+        ({"head_prune_sparsity": 1.0}, r"'head_prune_sparsity'.*\[0, 1\)"),
+        ({"head_prune_start_round": 4, "head_prune_end_round": 2}, r"'head_prune_end_round'.*>= head_prune_start_round"),
+        ({"down_quantize_bits": -1}, r"'down_quantize_bits'.*0..16"),
+        ({"link_up_mbps": 0.0}, r"'link_up_mbps'.*> 0"),
+        ({"link_down_mbps": -5.0}, r"'link_down_mbps'.*> 0"),
+        ({"link_latency_ms": -1.0}, r"'link_latency_ms'.*>= 0"),
     ],
 )
 def test_bad_values_name_the_key(changes, message):
@@ -119,3 +128,14 @@ def test_a_key_declared_twice_is_refused():
 
     with pytest.raises(ValueError, match=r"'p_base' of codec 'clash' is already declared by codec 'acp'"):
         declare_options(Clash, kind="codec", name="clash")
+
+
+@pytest.mark.parametrize("override", ["exchange=dfa", "act_dropout=1.5", "head_prune_sparsity=1",
+                                      "down_quantize_bits=20", "link_up_mbps=0", "link_latency_ms=-3",
+                                      "aux_head=big", "scheme=fedavg"])
+def test_cli_refuses_bad_keys_before_writing_anything(tmp_path, capsys, override):
+    from acp_flower.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--set", "dataset=synthetic", "--set", override, "--out", str(out), "--no-progress"]) == 2
+    assert f"'{override.split('=')[0]}'" in capsys.readouterr().err and not out.exists()

@@ -7,7 +7,7 @@ import pytest
 
 from acp_flower.cli import main
 from acp_flower.config import ExperimentConfig
-from acp_flower.metrics import METRIC_COLUMNS
+from acp_flower.metrics import METRIC_COLUMNS, TIMING_COLUMNS
 from acp_flower.runners.local import run_experiment
 
 TINY = dict(dataset="synthetic", train_subset=256, test_subset=128, num_clients=2, rounds=2, batch_size=32,
@@ -38,10 +38,10 @@ def test_same_seed_same_metrics(tmp_path, scheme):
     cfg = _cfg(codec="randtopk", scheme=scheme, augment=True, rounds=1)
     run_experiment(cfg, tmp_path / "a", progress=False)
     run_experiment(cfg, tmp_path / "b", progress=False)
-    a = pd.read_csv(tmp_path / "a" / "metrics.csv").drop(columns="wall_s")
-    b = pd.read_csv(tmp_path / "b" / "metrics.csv").drop(columns="wall_s")
+    a = pd.read_csv(tmp_path / "a" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_csv(tmp_path / "b" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    other = run_experiment(cfg.replace(seed=1), None, progress=False).drop(columns="wall_s")
+    other = run_experiment(cfg.replace(seed=1), None, progress=False).drop(columns=list(TIMING_COLUMNS))
     assert not other.equals(a)
 
 
@@ -104,11 +104,11 @@ def test_prune_trace_has_one_row_per_upload_matching_the_round_mean(tmp_path):
 
 
 def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path):
-    full = run_experiment(_cfg(codec="quantize", rounds=3), None, progress=False).drop(columns="wall_s")
+    full = run_experiment(_cfg(codec="quantize", rounds=3), None, progress=False).drop(columns=list(TIMING_COLUMNS))
     target = full["test_accuracy"].max()
     stop_round = int(full.index[full["test_accuracy"] >= target][0]) + 1
     cfg = _cfg(codec="quantize", rounds=3, stop_accuracy=target)
-    stopped = run_experiment(cfg, tmp_path / "out", progress=False).drop(columns="wall_s")
+    stopped = run_experiment(cfg, tmp_path / "out", progress=False).drop(columns=list(TIMING_COLUMNS))
     # The rounds before the stop are the same rounds as in the full run.
     pd.testing.assert_frame_equal(stopped, full.iloc[:stop_round], check_exact=True)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -116,9 +116,9 @@ def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path)
 
 
 def test_bn_recalibration_changes_evaluation_only(tmp_path):
-    base = run_experiment(_cfg(codec="acp", augment=True), None, progress=False).drop(columns="wall_s")
+    base = run_experiment(_cfg(codec="acp", augment=True), None, progress=False).drop(columns=list(TIMING_COLUMNS))
     cal = run_experiment(_cfg(codec="acp", augment=True, eval_bn_recalibration=96), None,
-                         progress=False).drop(columns="wall_s")
+                         progress=False).drop(columns=list(TIMING_COLUMNS))
     training = [c for c in base.columns if not c.startswith("test_")]
     # Training draws nothing from the calibration pass: identical rows, bit for bit.
     pd.testing.assert_frame_equal(base[training], cal[training], check_exact=True)

@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from acp_flower.codecs import Codec, build_codec
+from acp_flower.codecs.dropout import ActivationDropout
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import dataset_info
 from acp_flower.exchanges import Exchange, Send, build_exchange
+from acp_flower.models.pruning import HeadPruner
 from acp_flower.runtime.common import (
     StateDict, build_client_model, clone_state, flatten_optimizer, make_optimizer, unflatten_optimizer,
 )
@@ -49,6 +51,10 @@ class ClientRuntime:
         self.exchange = exchange if exchange is not None else build_exchange(cfg)
         self.rng_state = torch.Generator().manual_seed(derive_seed(cfg.seed, 2, client_id)).get_state()
         self.local_stats = ServerStats()
+        self.dropout = ActivationDropout(cfg.options("act_dropout"), cfg.seed, client_id)
+        self.pruner = HeadPruner(cfg.options("head_pruning"))
+        self.server_round, self.round_step = 0, 0
+        """The round being trained and the uploads made in it (seed the dropout masks)."""
 
     @property
     def steps_per_round(self) -> int:
@@ -72,17 +78,24 @@ class ClientRuntime:
             raise ClientFailure(f"client {self.client_id} failed on purpose in round {task.server_round} (fail_client)")
         self.model.train()
         self.local_stats = ServerStats()
+        self.server_round, self.round_step = task.server_round, 0
+        head = self.exchange.head(self.model)
+        pruned = self.pruner.begin_round(head, task.server_round)
         traffic, examples, busy = TrafficStats(), 0, time.perf_counter() - t0
-        for epoch in range(self.cfg.local_epochs):
-            batches = self._batches(task.server_round, epoch)
-            while True:
-                t0 = time.perf_counter()
-                if (batch := self._next(batches)) is None:
-                    break
-                traffic += self.step(batch[0], batch[1], send)
-                examples += len(batch[1])
-                busy += time.perf_counter() - t0
-                yield  # a round-robin driver's time between batches is not this client's
+        try:
+            for epoch in range(self.cfg.local_epochs):
+                batches = self._batches(task.server_round, epoch)
+                while True:
+                    t0 = time.perf_counter()
+                    if (batch := self._next(batches)) is None:
+                        break
+                    traffic += self.step(batch[0], batch[1], send)
+                    examples += len(batch[1])
+                    busy += time.perf_counter() - t0
+                    yield  # a round-robin driver's time between batches is not this client's
+        finally:
+            if pruned:
+                self.pruner.end_round(head)  # plain weights again (zeros), also if the round failed
         return ClientResult(self.client_id, clone_state(self.model.state_dict()), examples, traffic,
                             self.codec.eval_state(), self.local_stats, busy)
 
@@ -95,8 +108,10 @@ class ClientRuntime:
 
     # ------------------------------------------------------------ ClientSide (for exchanges)
     def upload(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[Payload, bytes]:
-        """The up-link payload of a training batch (codec, labels) and its bytes."""
-        payload = replace(self.codec.encode(smashed, labels, train=True), labels=labels.cpu())
+        """The up-link payload of a training batch (codec, activation dropout, labels) and its bytes."""
+        payload = self.dropout(self.codec.encode(smashed, labels, train=True), self.server_round, self.round_step)
+        self.round_step += 1
+        payload = replace(payload, labels=labels.cpu())
         return payload, to_bytes(payload)
 
     def decode_grad(self, down: bytes, up: Payload) -> tuple[Payload, torch.Tensor]:

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from acp_flower.codecs import build_codec
 from acp_flower.config import ExperimentConfig
-from acp_flower.data import PreparedData, TensorImageDataset, seeded_subset
+from acp_flower.data import PreparedData, TensorImageDataset, dataset_info, seeded_subset
 from acp_flower.exchanges import build_exchange
+from acp_flower.models import model_cost
 from acp_flower.runtime.common import StateDict, build_split, client_model_of
 
 
@@ -65,6 +66,8 @@ class Evaluator:
         self.model = client_model_of(cfg, self.exchange, split.head).to(device)
         self.tail = split.tail.to(device)
         self.codec = build_codec(cfg)
+        info = dataset_info(cfg.dataset)
+        self.sample = torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
         self.loader = DataLoader(test_set, batch_size=cfg.eval_batch_size, shuffle=False)
         self.calibration = None if calibration_set is None else DataLoader(
             calibration_set, batch_size=cfg.eval_batch_size, shuffle=False, generator=torch.Generator())
@@ -97,7 +100,20 @@ class Evaluator:
         out = {"test_accuracy": server.accuracy, "test_loss": server.loss}
         if local.total:
             out |= {"aux_test_accuracy": local.accuracy, "aux_test_loss": local.loss}
-        return out
+        return out | self.client_cost()
+
+    def client_cost(self) -> dict[str, float]:
+        """Parameters and forward FLOPs per sample of the loaded client model (``models.cost``).
+
+        The forward is what a client computes per training sample: the head, plus the
+        exchange's own client-side prediction (decoupled SL's auxiliary head).
+        """
+        def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
+            self.exchange.local_logits(model, model(x))
+
+        cost = model_cost(self.model, self.sample, forward)
+        return {"client_params": cost.params, "client_params_nonzero": cost.params_nonzero,
+                "client_flops": cost.flops, "client_flops_sparse": cost.flops_sparse}
 
 
 class _Totals:

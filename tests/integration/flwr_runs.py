@@ -40,6 +40,12 @@ RUNS: dict[str, tuple[dict, str]] = {
                  "client-resources-num-cpus=1"),
     "flower_stop": (dict(scheme="vanilla", transport="flower", fail_client=2, fail_round=1, rounds=1),
                     "client-resources-num-cpus=1"),
+    # decoupled SL (nothing sent back) and the lightweight-FedSL options, one run per transport
+    "ray_decoupled": (dict(scheme="vanilla", exchange="decoupled", aux_head="linear", act_dropout=0.3),
+                      "client-resources-num-cpus=1"),
+    "flower_fedsl": (dict(scheme="splitfed_v1", transport="flower", codec="standard", act_dropout=0.5,
+                          down_quantize_bits=8, head_prune_sparsity=0.5, link_heterogeneity=0.5),
+                     "client-resources-num-cpus=1"),
 }
 RUN_TIMEOUT_S = 600
 BENCH_SMOKE = ["--rounds", "1", "--clients", "2", "--train-subset", "128", "--batch-size", "32", "--threads", "1"]

@@ -15,6 +15,7 @@ import pytest
 from acp_flower.apps.executor import ClientRoundError
 from acp_flower.apps.server_app import run_server
 from acp_flower.config import ExperimentConfig
+from acp_flower.metrics import TIMING_COLUMNS
 from acp_flower.runners.local import run_experiment
 from tests.integration.loopback import LoopbackGrid
 
@@ -50,7 +51,7 @@ def test_flower_transport_equals_local_across_actor_moves(tmp_path, scheme, part
     app, summary, grid = _run_loopback(cfg, num_actors=2, move_prob=0.5, seed=1)
     local = _local(cfg)
     # Assert: identical metrics (bytes, losses, accuracies), after real cross-process moves
-    cols = [c for c in local.columns if c != "wall_s"]
+    cols = [c for c in local.columns if c not in TIMING_COLUMNS]
     pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
     assert grid.moves > 0 and summary["exchange"]["resyncs"] > 0
     assert summary["status"] == "completed" and summary["failures"] == []
@@ -127,3 +128,23 @@ def test_bn_recalibrated_evaluation_equals_local(tmp_path):
     cols = ["bytes_up", "train_loss", "test_accuracy", "test_loss"]
     pd.testing.assert_frame_equal(app[cols], _local(cfg)[cols], check_exact=True, check_dtype=False)
     assert not app["test_loss"].equals(_local(cfg.replace(eval_bn_recalibration=0))["test_loss"])
+
+
+@pytest.mark.parametrize("changes", [
+    dict(scheme="vanilla", exchange="decoupled", aux_head="linear"),
+    dict(scheme="splitfed_v2", exchange="decoupled", codec="quantize", act_dropout=0.3),
+    dict(scheme="splitfed_v1", codec="standard", act_dropout=0.5, down_quantize_bits=4, cut_layer=5,
+         head_prune_sparsity=0.5, head_prune_start_round=1, head_prune_end_round=2),
+], ids=["decoupled", "decoupled-dropout-v2", "fedsl-v1"])
+def test_other_exchanges_and_lightweight_options_equal_local(tmp_path, changes):
+    # Prepare: messages move between 2 simulated actors (replays of rounds included)
+    cfg = _cfg(tmp_path, **changes)
+    # Execute
+    app, summary, _ = _run_loopback(cfg, num_actors=2, move_prob=0.5, seed=2)
+    local = _local(cfg)
+    # Assert: every column but the wall times, exactly
+    cols = [c for c in local.columns if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
+    assert summary["status"] == "completed"
+    if changes.get("exchange") == "decoupled":
+        assert (app["bytes_down"] == 0).all() and app["aux_test_accuracy"].notna().all()

@@ -17,7 +17,8 @@ import pytest
 from acp_flower.runners.local import run_experiment
 from tests.integration.flwr_runs import RunPool, processes_mentioning
 
-BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients"]
+BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients", "exchanges", "comm_s",
+         "client_params_nonzero", "client_flops_sparse"]
 
 
 def pytest_collection_names(session) -> list[str]:
@@ -36,8 +37,8 @@ def _assert_same_as_local(run) -> None:
     app = run.metrics
     local = run_experiment(run.cfg.replace(out_dir=""), None, progress=False)
     pd.testing.assert_frame_equal(app[BYTES], local[BYTES], check_exact=True, check_dtype=False)
-    for col in ("train_loss", "test_loss"):
-        assert app[col].tolist() == pytest.approx(local[col].tolist(), rel=1e-5), col
+    for col in ("train_loss", "test_loss", "aux_train_loss", "aux_test_loss"):
+        assert app[col].tolist() == pytest.approx(local[col].tolist(), rel=1e-5, nan_ok=True), col
     one_sample = 1.0 / run.cfg.test_subset
     assert (app["test_accuracy"] - local["test_accuracy"]).abs().max() <= one_sample + 1e-9
     summary = run.summary
@@ -71,6 +72,22 @@ def test_flower_transport_per_batch_equals_local(runs):
     steps = int(run.metrics["bytes_up"].gt(0).sum())  # rounds with traffic
     assert steps == run.cfg.rounds
     assert exchange["messages"] > 3 * run.cfg.rounds  # one message per mini-batch (+1 per client)
+
+
+@pytest.mark.flwr_run("ray_decoupled")
+def test_ray_transport_decoupled_equals_local(runs):
+    run = runs.get("ray_decoupled")
+    _assert_same_as_local(run)
+    assert (run.metrics["bytes_down"] == 0).all() and run.metrics["aux_test_accuracy"].notna().all()
+
+
+@pytest.mark.flwr_run("flower_fedsl")
+def test_flower_transport_lightweight_fedsl_equals_local(runs):
+    run = runs.get("flower_fedsl")
+    _assert_same_as_local(run)
+    metrics = run.metrics
+    assert (metrics["client_params_nonzero"] < metrics["client_params"]).all()
+    assert metrics["mean_prune_ratio"].between(0.4, 0.6).all()  # half of the values dropped
 
 
 @pytest.mark.flwr_run("ray_skip")
