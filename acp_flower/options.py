@@ -16,9 +16,11 @@ component of that kind is selected has no effect, and the config warns about it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T", bound=type)
 
 
 class UnusedOptionWarning(UserWarning):
@@ -66,6 +68,41 @@ def declare_options(cls: type, *, kind: str = "", name: str = "") -> OptionGroup
 def option_groups() -> tuple[OptionGroup, ...]:
     """Every declared group, in declaration order."""
     return tuple(_GROUPS)
+
+
+class Registry(Generic[T]):
+    """Classes of one component kind by name (the values of config key ``kind``), as torchvision's
+    ``register_model``: a duplicate name raises, lookups name the allowed values."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, T] = {}
+
+    def register(self, name: str, *, options: type | None = None) -> Callable[[T], T]:
+        """Class decorator adding a component under ``name``, with the dataclass of its options."""
+
+        def wrap(cls: T) -> T:
+            if name in self._classes:
+                raise ValueError(f"{self.kind} {name!r} is already registered ({self._classes[name].__name__})")
+            if options is not None:
+                declare_options(options, kind=self.kind, name=name)
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return wrap
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._classes)
+
+    def get(self, name: str) -> T:
+        """The class registered under ``name``."""
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise ValueError(f"config key {self.kind!r}: unknown value {name!r}; "
+                             f"allowed: {', '.join(self.names())}") from None
 
 
 class ComponentConfig(Protocol):

@@ -8,11 +8,10 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from acp_flower.options import ComponentConfig, declare_options
+from acp_flower.options import ComponentConfig, Registry
 from acp_flower.wire import Payload, like
 
 StateDict = dict[str, torch.Tensor]
-_REGISTRY: dict[str, type[Codec]] = {}
 C = TypeVar("C", bound="type[Codec]")
 
 
@@ -75,36 +74,26 @@ class Codec(ABC):
         """Install an (aggregated) ``eval_state`` for inference."""
 
 
+_REGISTRY: Registry[type[Codec]] = Registry("codec")
+
+
 def register_codec(name: str, *, options: type | None = None) -> Callable[[C], C]:
     """Class decorator adding a codec under ``name`` (config ``codec = name``); a duplicate raises.
 
     ``options`` is the dataclass of the codec's config keys (see ``acp_flower.options``);
     the codec is constructed with an instance of it.
     """
-
-    def wrap(cls: C) -> C:
-        if name in _REGISTRY:
-            raise ValueError(f"codec {name!r} is already registered ({_REGISTRY[name].__name__})")
-        if options is not None:
-            declare_options(options, kind="codec", name=name)
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name, options=options)
 
 
 def list_codecs() -> list[str]:
     """Names of the registered codecs, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_codec(name: str) -> type[Codec]:
     """The codec class registered under ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; allowed: {', '.join(list_codecs())}") from None
+    return _REGISTRY.get(name)
 
 
 def build_codec(cfg: ComponentConfig, *, total_steps: int = 1, seed: int = 0) -> Codec:

@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acp_flower.options import ComponentConfig, declare_options
+from acp_flower.options import ComponentConfig, Registry
 from acp_flower.wire import Payload
 
 Send = Callable[[bytes], bytes]
 """``send(up_bytes) -> down_bytes``: one upload to the server and its reply (``b""`` if none)."""
-_REGISTRY: dict[str, type["Exchange"]] = {}
 E = TypeVar("E", bound="type[Exchange]")
 
 
@@ -108,32 +107,22 @@ def train_tail(server: ServerSide, x: torch.Tensor, y: torch.Tensor) -> None:
     server.record(loss, logits, y)
 
 
+_REGISTRY: Registry[type[Exchange]] = Registry("exchange")
+
+
 def register_exchange(name: str, *, options: type | None = None) -> Callable[[E], E]:
     """Class decorator adding an exchange under ``name`` (config ``exchange = name``); a duplicate raises."""
-
-    def wrap(cls: E) -> E:
-        if name in _REGISTRY:
-            raise ValueError(f"exchange {name!r} is already registered ({_REGISTRY[name].__name__})")
-        if options is not None:
-            declare_options(options, kind="exchange", name=name)
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return _REGISTRY.register(name, options=options)
 
 
 def list_exchanges() -> list[str]:
     """Names of the registered exchanges, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_exchange(name: str) -> type[Exchange]:
     """The exchange class registered under ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"config key 'exchange': unknown value {name!r}; allowed: {', '.join(list_exchanges())}") from None
+    return _REGISTRY.get(name)
 
 
 def build_exchange(cfg: ComponentConfig) -> Exchange:
