@@ -58,6 +58,13 @@ ARMS: dict[str, dict] = {
                          head_prune_end_round=5),
 }
 """Arm name -> config changes. cut 6 = the head ends after layer2 (where pruning has weights to prune)."""
+MEMORY_ARMS: dict[str, dict] = {
+    f"{name}_cut{cut}": {**changes, "cut_layer": cut, "codec": "standard"}
+    for cut in (4, 6)
+    for name, changes in (("backprop", {}), ("decoupled_conv_mlp", {"exchange": "decoupled"}),
+                          ("decoupled_linear", {"exchange": "decoupled", "aux_head": "linear"}))
+}
+"""Peak step memory only (no training): backprop vs decoupled at the default and a deeper cut."""
 LINKS = {"10 Mbit/s": LinkOptions(link_up_mbps=10.0, link_down_mbps=10.0, link_latency_ms=10.0),
          "100 Mbit/s": LinkOptions(link_up_mbps=100.0, link_down_mbps=100.0, link_latency_ms=10.0)}
 """The two link settings (symmetric rates, 10 ms one-way latency)."""
@@ -74,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="config override for every run (repeatable)")
     p.add_argument("--no-run", action="store_true", help="only tabulate and plot the finished runs")
     p.add_argument("--threads", type=int, help="torch threads (one per process when two runs share a machine)")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure MEMORY_ARMS' peak step memory per side (memory_<dataset>.md)")
     return p.parse_args(argv)
 
 
@@ -169,6 +178,19 @@ def plot(dataset: str, arms: list[str], args: argparse.Namespace) -> Path | None
     return path
 
 
+def memory_table(dataset: str, args: argparse.Namespace) -> pd.DataFrame:
+    """Peak step memory per side of ``MEMORY_ARMS`` (batch and data as the training arms)."""
+    rows = []
+    for name, changes in MEMORY_ARMS.items():
+        cfg = arm_config(dataset, "standard", args).replace(**changes)
+        peak = measure_step_memory(cfg, prepare_data(cfg), resolve_device(cfg.device))
+        rows.append({"arm": name, "client_peak_MB": peak["client_peak_bytes"] / 1e6,
+                     "client_held_MB": peak["client_held_bytes"] / 1e6,
+                     "server_peak_MB": peak["server_peak_bytes"] / 1e6,
+                     "server_held_MB": peak["server_held_bytes"] / 1e6, "method": peak["method"]})
+    return pd.DataFrame(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -179,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for arm in args.arms:
                 print(f"== {dataset} / {arm}", flush=True)
                 run_arm(arm_config(dataset, arm, args), args.out / "runs" / dataset / arm)
+        if args.memory:
+            memory = memory_table(dataset, args)
+            (args.out / f"memory_{dataset}.md").write_text(memory.to_markdown(index=False, floatfmt=".4g") + "\n")
+            print(f"\n{dataset} peak step memory\n{memory.to_markdown(index=False, floatfmt='.4g')}")
         frame = table(dataset, args.arms, args)
         if frame.empty:
             print(f"{dataset}: no finished run")

@@ -17,7 +17,7 @@ def test_related_runs_every_arm_tabulates_and_plots(tmp_path):
     command = [sys.executable, str(ROOT / "experiments" / "related.py"), "--datasets", "synthetic",
                "--rounds", "1", "--clients", "2", "--out", str(tmp_path), "--threads", "1",
                "--set", "train_subset=64", "--set", "test_subset=32", "--set", "batch_size=16",
-               "--set", "eval_batch_size=32", "--set", "data_dir=''"]
+               "--set", "eval_batch_size=32", "--set", "data_dir=''", "--memory"]
     proc = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=900)
     # Assert: one row per arm, the decoupled arms send nothing back, time priced at both links
@@ -30,6 +30,8 @@ def test_related_runs_every_arm_tabulates_and_plots(tmp_path):
     pruned = table.set_index("arm").loc["prune50_cut6"]
     assert pruned["client_nonzero_params"] < table.set_index("arm").loc["standard_cut6", "client_nonzero_params"]
     assert (tmp_path / "simtime_synthetic.png").stat().st_size > 10_000
+    memory = (tmp_path / "memory_synthetic.md").read_text()
+    assert "decoupled_linear_cut6" in memory and "profiler" in memory
     # a second call finds every run finished and only tabulates
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "== synthetic / standard" in again.stdout
