@@ -11,6 +11,7 @@ selector key allows (``codec``) are the names in that component's registry.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import warnings
 from dataclasses import dataclass, fields
@@ -27,6 +28,7 @@ PARTITIONS = ("iid", "dirichlet", "shard", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 TRANSPORTS = ("ray", "flower")
 ERROR_POLICIES = ("stop", "skip")
+FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "truncate")
 MODELS = ("resnet18",)
 SELECTORS: dict[str, Any] = {"codec": list_codecs, "exchange": list_exchanges}
 """Config keys that select a component, and the registry listing the names they allow."""
@@ -107,13 +109,29 @@ class GeneralConfig:
     tail_num_gpus: float = 0.0
     """GPU fraction the Ray tail actor requests (0 = CPU)."""
     on_client_error: str = "stop"
-    """Flower app: a failing client stops the run, or is skipped for that round."""
+    """A client that fails a round (raises, diverges: NaN/inf in a loss, the smashed data or a
+    gradient; sends a malformed payload) stops the run ("stop"), or is skipped for that round
+    ("skip": back to its round-start state, the fault listed in summary.json). Every driver."""
     out_dir: str = ""
     """Flower app: absolute directory for metrics.csv, summary.json, config.toml."""
+    checkpoint: bool = False
+    """Flower app: write out_dir/checkpoint.pt after every round (the state of the ServerApp and
+    of every client; removed when the run completes). The local runner: ``--checkpoint``."""
+    resume: bool = False
+    """Flower app: continue the run in out_dir from its checkpoint.pt (and keep checkpointing);
+    without one, start over unless out_dir holds a completed run. ``acp-flower simulate --resume``."""
+    reply_timeout_s: float = 21600.0
+    """Flower app: how long the ServerApp waits for a client's reply (a mini-batch on the
+    flower transport, a whole client round on ray) before it counts as failed (no reply)."""
     fail_client: int = -1
-    """Testing aid: this client id raises during training (-1 = none)."""
+    """Testing aid: this client id fails in fail_round (-1 = none); how: fail_kind."""
     fail_round: int = 1
-    """Testing aid: the round in which fail_client raises."""
+    """Testing aid: the round in which fail_client fails."""
+    fail_kind: str = "raise"
+    """Testing aid: raise (an exception at the round's start), hang (sleeps past
+    reply_timeout_s; Flower app only), or a corrupted first upload of the round: nan (NaN
+    values), shape (a wrong smashed-data shape), dtype (an invalid label dtype code),
+    truncate (half the bytes)."""
 
     _groups: ClassVar[tuple[OptionGroup, ...]] = ()
     """The option groups collected into the class (set on ``ExperimentConfig``)."""
@@ -129,6 +147,8 @@ class GeneralConfig:
         _check_choice("model", self.model, MODELS)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_choice("on_client_error", self.on_client_error, ERROR_POLICIES)
+        _check_choice("fail_kind", self.fail_kind, FAULT_KINDS)
+        _check("reply_timeout_s", self.reply_timeout_s > 0, "a number of seconds > 0")
         for key, registry in SELECTORS.items():
             _check_choice(key, getattr(self, key), registry())
         for name in ("rounds", "num_clients", "batch_size", "eval_batch_size", "local_epochs",
@@ -181,7 +201,10 @@ class GeneralConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hints = "".join(f"; did you mean {m[0]!r} for {k!r}?" for k, m in close.items() if m)
+            raise ValueError(f"unknown config key(s) {unknown}{hints} (every key, with its default: "
+                             "the [tool.flwr.app.config] section of pyproject.toml)")
         return cls(**{k: _coerce(k, v, known[k].type) for k, v in values.items()})
 
     @classmethod
@@ -317,7 +340,7 @@ ExperimentConfig = _assemble()
 
 DEFAULT_CONFIG = ExperimentConfig()
 
-RESULT_NEUTRAL_KEYS = frozenset({"device", "out_dir", "data_dir", "download"})
+RESULT_NEUTRAL_KEYS = frozenset({"device", "out_dir", "data_dir", "download", "checkpoint", "resume"})
 """Keys that say where a run runs and keeps its files, not what it computes."""
 
 

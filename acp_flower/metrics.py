@@ -14,6 +14,7 @@ import pandas as pd
 from acp_flower.config import ExperimentConfig
 from acp_flower.exchanges import get_exchange
 from acp_flower.link import ClientTraffic, round_times
+from acp_flower.runtime.checkpoint import Checkpoint, load_checkpoint
 from acp_flower.runtime.protocol import RoundOutcome
 from acp_flower.runtime.stats import ServerStats
 
@@ -36,8 +37,7 @@ density (``acp_flower.models.cost``)."""
 TIMING_COLUMNS = ("wall_s", "sim_wall_s")
 """Columns that hold measured wall times: the only ones that differ between runs of one seed."""
 RESULT_FILES = ("metrics.csv", "summary.json", "config.toml")
-CHECKPOINT_FILE = "checkpoint.pt"
-"""Local runner with checkpointing: the state after the last finished round (acp_flower.runners.checkpoint)."""
+"""What a run writes to its out-dir (besides ``CHECKPOINT_FILE`` while it is unfinished)."""
 PRUNE_TRACE_FILE = "prune_trace.csv"
 """Local runner only: the pruning ratio of every uploaded mini-batch (eq. (10) study)."""
 
@@ -49,6 +49,35 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
         raise FileExistsError(f"output directory {out_dir} already holds {existing}; choose another or overwrite")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"output path {out_dir} exists and is not a directory")
+
+
+def finished_run(out_dir: Path) -> bool:
+    """``out_dir`` holds a run that completed (its summary.json says so)."""
+    path = out_dir / "summary.json"
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status", "completed") == "completed"
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def resume_point(out_dir: str | Path | None, cfg: ExperimentConfig, *, resume: bool,
+                 overwrite: bool = False) -> Checkpoint | None:
+    """Where a run writing to ``out_dir`` starts: the checkpoint there when resuming, else None.
+
+    Fails before any work: on a directory that holds another run's results (unless
+    ``overwrite``, or ``resume`` of an unfinished run, which then starts over), on resuming
+    a completed run, and on a checkpoint that is unreadable or of another config.
+    """
+    if out_dir is None:
+        return None
+    ckpt = load_checkpoint(out_dir, cfg) if resume else None
+    if ckpt is None:
+        if resume and finished_run(Path(out_dir)):
+            raise FileExistsError(f"output directory {out_dir} holds a finished run; nothing to resume")
+        check_out_dir(Path(out_dir), overwrite or resume)
+    return ckpt
 
 
 def outcome_row(outcome: RoundOutcome, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -201,6 +230,11 @@ class RunRecorder:
         if self.out_dir is not None:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
         return summary
+
+    def fail(self, exc: BaseException, **extra: Any) -> dict[str, Any]:
+        """Write summary.json of a run that stopped on ``exc`` (the rows so far stay)."""
+        log.error("run stopped: %s", exc)
+        return self.finish(status="failed", reason=f"{type(exc).__name__}: {exc}", **extra)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=list(METRIC_COLUMNS))

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from acp_flower.config import ExperimentConfig, config_diff
-from acp_flower.metrics import CHECKPOINT_FILE, PRUNE_TRACE_FILE
+from acp_flower.metrics import PRUNE_TRACE_FILE
+from acp_flower.runtime.checkpoint import CHECKPOINT_FILE
 
 __all__ = [
     "Curve", "Panel", "Figure", "load_manifest", "run_dir_for", "run_status", "prepare_run_dir",

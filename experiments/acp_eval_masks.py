@@ -20,8 +20,8 @@ With ``--train-samples N`` the same masks are also evaluated on N training image
 augmentation), to separate a train/test gap from a mask effect. With ``--recalibrate N``
 each mask is evaluated once more after the tail's BatchNorm running statistics have been
 re-estimated under that mask on N other training images (as config key
-``eval_bn_recalibration`` does in a run; ``acp_flower.runtime.evaluate.recalibrate_batchnorm``). Prints a markdown table; ``--out``
-also writes it as CSV.
+``eval_bn_recalibration`` does in a run; ``acp_flower.runtime.evaluate.recalibrate_batchnorm``).
+Prints a markdown table; ``--out`` also writes it as CSV.
 """
 
 from __future__ import annotations

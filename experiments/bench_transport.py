@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every process below
     cfg = bench_config(args)
     federation = f"num-supernodes={args.clients} {args.federation_config}"
-    print(f"config: {args.dataset} (train subset {args.train_subset or 'all'}), {args.clients} clients, {args.rounds} rounds, batch {args.batch_size}, "
-          f"{args.scheme}, {args.codec}; federation: {federation}", flush=True)
+    print(f"config: {args.dataset} (train subset {args.train_subset or 'all'}), {args.clients} clients, "
+          f"{args.rounds} rounds, batch {args.batch_size}, {args.scheme}, {args.codec}; federation: {federation}",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-transport-") as tmp:
         results = {"local": [run_local(cfg, Path(tmp) / "local1")]}
         for transport in ("ray", "flower"):

@@ -6,7 +6,8 @@
 
 Runs land in ``DIR/runs/<config stem>/seed<s>/`` (metrics.csv, summary.json, config.toml)
 and are shared between figures; a run with a summary.json is skipped; an interrupted one
-resumes from its last round's checkpoint.pt (or restarts if it has none). Tables and plots land in ``DIR/fig<id>/``. See docs/reproduce.md.
+resumes from its last round's checkpoint.pt (or restarts if it has none). Tables and plots
+land in ``DIR/fig<id>/``. See docs/reproduce.md.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from acp_flower.guard import NonFiniteError
 from acp_flower.runtime.protocol import ClientTask, EvaluateFn, Executor, RoundOutcome, StateDict
 from acp_flower.runtime.stats import ClientResult, fedavg_states
 
@@ -66,8 +68,14 @@ class SLStrategy(ABC):
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             results = self.train_round(server_round, executor)
+            if not results:  # every client failed and was skipped: a row would hold no result
+                raise RuntimeError(f"round {server_round}: no client finished the round (every client failed)")
             outcome = RoundOutcome(server_round, results, executor.pop_server_stats(), parallel=self.parallel)
             outcome.evaluation = evaluate_fn(self.head_state, self.tail_state, self.codec_eval_state)
+            for key in ("test_loss", "aux_test_loss"):  # a NaN must not reach metrics.csv as a result
+                if not math.isfinite(outcome.evaluation.get(key, 0.0)):
+                    raise NonFiniteError(f"round {server_round}: the global model's {key} is not finite "
+                                         "(diverged? lower the learning rate)", key)
             outcome.wall_s = time.perf_counter() - t0
             outcomes.append(outcome)
             if on_round_end is not None:

@@ -9,13 +9,15 @@ import torch
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.runners import local
-from acp_flower.runners.checkpoint import CHECKPOINT_FILE
 from acp_flower.runners.local import run_experiment
+from acp_flower.runtime.checkpoint import CHECKPOINT_FILE
 from acp_flower.runtime.common import build_split
 from acp_flower.runtime.evaluate import recalibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import acp_eval_masks
+
+pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
 
 TINY = dict(dataset="synthetic", train_subset=256, test_subset=128, num_clients=2, rounds=2, batch_size=32,
             eval_batch_size=64, optimizer="adam", lr=1e-3, codec="acp", partition="dirichlet")

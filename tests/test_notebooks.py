@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["partitioning.ipynb"]
 """Notebooks that read ACP_NOTEBOOK_SMOKE=1 in their parameters cell."""

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
 
 ROOT = Path(__file__).resolve().parents[1]
 

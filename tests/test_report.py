@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import tomllib
 import torch
 
 from acp_flower import report
@@ -224,7 +224,7 @@ def test_prepare_run_dir_keeps_a_checkpointed_partial_run_and_old_configs_match(
     # a run saved before a config key existed matches when the key has its default
     done = _write_run(tmp_path / "done", [0.1, 0.2], cfg=cfg)
     text = (done / "config.toml").read_text()
-    (done / "config.toml").write_text("".join(l for l in text.splitlines(True) if not l.startswith("p_max")))
+    (done / "config.toml").write_text("".join(line for line in text.splitlines(True) if not line.startswith("p_max")))
     assert report.prepare_run_dir(done, cfg.to_dict()) is False
     with pytest.raises(ValueError, match="p_max"):
         report.prepare_run_dir(done, cfg.replace(p_max=0.9).to_dict())

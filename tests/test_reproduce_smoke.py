@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--rounds", "1", "--clients", "2", "--device", "cpu",
          "--set", "dataset=synthetic", "--set", "train_subset=32", "--set", "test_subset=16",

@@ -34,6 +34,7 @@ def test_outputs_written(tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["vanilla", "splitfed_v1", "splitfed_v2"])
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, scheme):
     cfg = _cfg(codec="randtopk", scheme=scheme, augment=True, rounds=1)
     run_experiment(cfg, tmp_path / "a", progress=False)
@@ -55,6 +56,7 @@ def test_standard_bytes_are_exact():
 
 
 @pytest.mark.parametrize("codec", ["standard", "acp", "randtopk", "quantize"])
+@pytest.mark.slow
 def test_every_codec_beats_chance(codec):
     frame = run_experiment(_cfg(codec=codec, train_subset=800, test_subset=300, rounds=3), None, progress=False)
     assert frame["test_accuracy"].max() > 0.3  # 10 classes: chance is 0.1
@@ -103,6 +105,7 @@ def test_prune_trace_has_one_row_per_upload_matching_the_round_mean(tmp_path):
     assert means == pytest.approx(metrics["mean_prune_ratio"].tolist())
 
 
+@pytest.mark.slow
 def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path):
     full = run_experiment(_cfg(codec="quantize", rounds=3), None, progress=False).drop(columns=list(TIMING_COLUMNS))
     target = full["test_accuracy"].max()
@@ -115,6 +118,7 @@ def test_stop_accuracy_ends_the_run_at_the_first_round_that_reaches_it(tmp_path)
     assert summary["rounds_completed"] == stop_round and summary["stopped_early"] is (stop_round < 3)
 
 
+@pytest.mark.slow
 def test_bn_recalibration_changes_evaluation_only(tmp_path):
     base = run_experiment(_cfg(codec="acp", augment=True), None, progress=False).drop(columns=list(TIMING_COLUMNS))
     cal = run_experiment(_cfg(codec="acp", augment=True, eval_bn_recalibration=96), None,

@@ -20,6 +20,12 @@ def hello(msg: Message, context: Context) -> Message:
     return client_node.handle_hello(msg, context)
 
 
+@app.query("restore")
+def restore(msg: Message, context: Context) -> Message:
+    """Resume: take this client's state from the ServerApp's checkpoint into context.state."""
+    return client_node.handle_restore(msg, context)
+
+
 @app.train("round")
 def train_round(msg: Message, context: Context) -> Message:
     """Ray transport: a whole round of local training, calling the tail actor per batch."""

@@ -67,9 +67,29 @@ def client_runtime(context: Context) -> ClientRuntime:
     return cached.client
 
 
-def save_state(context: Context, client: ClientRuntime, server_round: int) -> None:
-    """Persist the client's state after a round (context.state is the truth)."""
-    records.save_client_state(context.state, client.state_dict(), server_round)
+def round_reply(context: Context, client: ClientRuntime, result: ClientResult, server_round: int) -> RecordDict:
+    """Save the client's state after a finished round; the reply content with its result
+    (and, in a checkpointing run, the state itself for the ServerApp's checkpoint)."""
+    state = client.state_dict()
+    records.save_client_state(context.state, state, server_round)
+    content = records.result_to_content(result, pid=os.getpid())
+    if ExperimentConfig.from_run_config(context.run_config).checkpoint:
+        records.add_client_state(content, state, server_round)
+    return content
+
+
+def handle_restore(msg: Message, context: Context) -> Message:
+    """Resume: put the client state of the ServerApp's checkpoint into ``context.state``
+    (a resumed run is a new simulation: every Context starts empty)."""
+    _, client_id = node_config(context)
+    restored = records.content_to_client_state(msg.content)
+    if restored is None:
+        raise ValueError(f"restore message for client {client_id} carries no client state")
+    state, server_round = restored
+    records.save_client_state(context.state, state, server_round)
+    client_runtime(context)  # loads it: a state that does not fit this client fails here
+    return Message(RecordDict({records.HELLO: ConfigRecord({"client-id": client_id, "round": server_round})}),
+                   reply_to=msg)
 
 
 def check_task(task: ClientTask, client: ClientRuntime) -> None:
@@ -106,7 +126,6 @@ def handle_round(msg: Message, context: Context) -> Message:
     finally:
         if config["interleave"]:
             finish()  # leave the round-robin cycle, also on failure
-    save_state(context, client, task.server_round)
-    content = records.result_to_content(result, pid=os.getpid())
+    content = round_reply(context, client, result, task.server_round)
     content.config_records[records.RESULT]["handler-s"] = time.perf_counter() - t0
     return Message(content, reply_to=msg)

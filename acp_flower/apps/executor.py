@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -20,16 +19,12 @@ from flwr.serverapp import Grid
 from acp_flower.apps import records
 from acp_flower.apps.flower_exchange import ExchangeStats, run_exchange
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime import ClientResult, ClientTask, TailStore, TailStoreExecutor
+from acp_flower.runtime import ClientResult, ClientTask, FaultLog, TailStore, TailStoreExecutor
 
 log = logging.getLogger("acp_flower")
 
 REQUEST_TIMEOUT_S = 6 * 3600.0
 """Upper bound of one request (a whole client round on the ray transport)."""
-
-
-class ClientRoundError(RuntimeError):
-    """A client failed and ``on-client-error = stop``."""
 
 
 class Channel:
@@ -61,19 +56,6 @@ class Channel:
                 time.sleep(poll)
                 poll = min(self.max_poll_s, poll * 1.5)
         return replies
-
-
-@dataclass(frozen=True)
-class ClientFailureRecord:
-    """A client that failed a round (written to summary.json ``failures``)."""
-
-    server_round: int
-    client_id: int
-    node_id: int
-    reason: str
-    """The exception message raised in the ClientApp."""
-    detail: str
-    """Flower's full error reason (traceback of the ClientApp actor)."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -130,8 +112,10 @@ class FlowerExecutor(TailStoreExecutor):
                  capacity: int = 0) -> None:
         self.cfg, self.channel, self.nodes, self.tails, self.capacity = cfg, channel, nodes, tails, capacity
         self.client_ids = sorted(nodes)
-        self.failures: list[ClientFailureRecord] = []
+        self.faults = FaultLog(cfg.on_client_error)
         self.stats = ExchangeStats()
+        self.client_states: dict[int, dict] = {}
+        """Checkpointing runs: each client's state after its last finished round."""
 
     def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]:
         if interleave and len({t.tail_slot for t in tasks}) > 1:
@@ -150,7 +134,7 @@ class FlowerExecutor(TailStoreExecutor):
 
     def _exchange(self, tasks: Sequence[ClientTask], interleave: bool = False) -> list[ClientResult]:
         return run_exchange(self.channel, tasks, self.nodes, self.tails, interleave=interleave,
-                            on_failure=self._on_failure, stats=self.stats)
+                            on_failure=self._on_failure, stats=self.stats, states=self.client_states)
 
     def _ray_wave(self, tasks: Sequence[ClientTask], interleave: bool = False) -> list[ClientResult]:
         """One ``train.round`` message per task; clients call the tail actor per batch."""
@@ -173,24 +157,37 @@ class FlowerExecutor(TailStoreExecutor):
                                  else reply.error.reason)
             else:
                 results.append(records.content_to_result(reply.content))
+                if (state := records.content_to_client_state(reply.content)) is not None:
+                    self.client_states[task.client_id] = state[0]
                 self.stats.pids.setdefault(task.client_id, set()).add(records.reply_pid(reply.content, records.RESULT))
                 self.stats.handler_s += float(reply.content.config_records[records.RESULT].get("handler-s", 0.0))
             self.stats.messages += 1
         return results
 
     def _on_failure(self, task: ClientTask, node_id: int, reason: str) -> None:
-        record = ClientFailureRecord(task.server_round, task.client_id, node_id, short_reason(reason),
-                                     _ANSI.sub("", reason))
-        self.failures.append(record)
-        policy = self.cfg.on_client_error
-        log.warning("round %d: client %d (node %d) failed: %s [on-client-error=%s]",
-                    task.server_round, task.client_id, node_id, record.reason, policy)
-        if policy == "stop":
-            raise ClientRoundError(f"client {task.client_id} failed in round {task.server_round}: {record.reason} "
-                                   "(on-client-error=stop)")
+        self.faults.report(task.server_round, task.client_id, short_reason(reason), node_id=node_id,
+                           detail=_ANSI.sub("", reason))
 
     def failures_as_dicts(self) -> list[dict]:
-        return [asdict(f) for f in self.failures]
+        return self.faults.as_dicts()
+
+    def restore_clients(self, states: dict[int, dict], server_round: int) -> None:
+        """Resume: send each client its checkpointed state (a new simulation's contexts are empty).
+
+        A client without one (it never finished a round) starts from its initial state, as
+        it would have in the unbroken run.
+        """
+        cids = sorted(states)
+        messages = []
+        for cid in cids:
+            content = RecordDict()
+            records.add_client_state(content, states[cid], server_round)
+            messages.append(Message(content, self.nodes[cid], records.MSG_RESTORE))
+        for cid, reply in zip(cids, self.channel.request(messages)):
+            if reply is None or reply.has_error():
+                reason = "no reply (timeout)" if reply is None else short_reason(reply.error.reason)
+                raise RuntimeError(f"resume: client {cid} could not take its checkpointed state: {reason}")
+        self.client_states = dict(states)
 
 
 def discover_nodes(channel: Channel, grid: Grid, cfg: ExperimentConfig, timeout: float = 300.0):

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from acp_flower.apps import client_node, records
-from acp_flower.runtime import ClientResult, ClientTask, RoundRobin, TailStore
+from acp_flower.runtime import CLIENT_FAULTS, ClientResult, ClientTask, RoundRobin, TailStore
+from acp_flower.runtime.faults import locate
 
 SESSION = "acp.session"
 """context.state record: the id of the live session and how many uploads it produced."""
@@ -153,8 +154,8 @@ def handle_step(msg: Message, context: Context) -> Message:
         return Message(RecordDict({records.STEP: ConfigRecord({"up": value, "pid": os.getpid()})}), reply_to=msg)
     _SESSIONS.pop(key, None)
     del context.state[SESSION]
-    client_node.save_state(context, session.client, session.task.server_round)
-    return Message(records.result_to_content(value, pid=os.getpid()), reply_to=msg)  # type: ignore[arg-type]
+    content = client_node.round_reply(context, session.client, value, session.task.server_round)  # type: ignore[arg-type]
+    return Message(content, reply_to=msg)
 
 
 def _start_session(msg: Message, context: Context, sid: str, step: int) -> LiveSession:
@@ -232,7 +233,8 @@ def _message(s: _Session) -> Message:
     return Message(content, s.node_id, records.MSG_STEP, group_id=str(s.task.server_round))
 
 
-def _absorb(s: _Session, reply: Message | None, on_failure: Failure, stats: ExchangeStats) -> None:
+def _absorb(s: _Session, reply: Message | None, on_failure: Failure, stats: ExchangeStats,
+            states: dict[int, dict] | None = None) -> None:
     """Take a client's reply: an upload, its result, a resync request, or an error."""
     s.resync = False
     stats.messages += 1
@@ -243,6 +245,8 @@ def _absorb(s: _Session, reply: Message | None, on_failure: Failure, stats: Exch
         return
     if records.RESULT in reply.content:
         s.done, s.result = True, records.content_to_result(reply.content)
+        if states is not None and (state := records.content_to_client_state(reply.content)) is not None:
+            states[s.task.client_id] = state[0]
         stats.pids.setdefault(s.task.client_id, set()).add(records.reply_pid(reply.content, records.RESULT))
         return
     rec = reply.content.config_records[records.STEP]
@@ -254,7 +258,7 @@ def _absorb(s: _Session, reply: Message | None, on_failure: Failure, stats: Exch
     s.buffered = bytes(rec["up"])
 
 
-def _process(sessions: list[_Session], tails: TailStore, turns: RoundRobin | None) -> None:
+def _process(sessions: list[_Session], tails: TailStore, turns: RoundRobin | None, on_failure: Failure) -> None:
     """Run the tail on buffered uploads; interleaved, in the order of ``turns`` (task positions).
 
     A client that finished (or failed) leaves the cycle; one whose upload has not arrived
@@ -263,27 +267,42 @@ def _process(sessions: list[_Session], tails: TailStore, turns: RoundRobin | Non
     if turns is None:
         for s in sessions:
             if s.buffered is not None:
-                _tail_step(s, tails)
+                _tail_step(s, tails, on_failure)
         return
     for i, s in enumerate(sessions):
         if s.done:
             turns.finish(i)
     while (i := turns.turn()) is not None and sessions[i].buffered is not None:
-        _tail_step(sessions[i], tails)
-        turns.advance(i)
+        _tail_step(sessions[i], tails, on_failure)
+        if sessions[i].done:
+            turns.finish(i)
+        else:
+            turns.advance(i)
 
 
-def _tail_step(s: _Session, tails: TailStore) -> None:
+def _tail_step(s: _Session, tails: TailStore, on_failure: Failure) -> None:
+    """The tail's step on a buffered upload; an upload the tail refuses (divergence guard,
+    malformed payload) is that client's fault: it is done for the round."""
     up, s.buffered = s.buffered, None
+    batch = len(s.downs)
+    try:
+        down = tails.step(s.task.tail_slot, up)
+    except CLIENT_FAULTS as exc:
+        s.done = True
+        on_failure(s.task, s.node_id, str(locate(exc, s.task.server_round, s.task.client_id, batch)))
+        return
     s.up_hashes.append(digest(up))
-    s.downs.append(tails.step(s.task.tail_slot, up))
+    s.downs.append(down)
 
 
 def run_exchange(channel, tasks: Sequence[ClientTask], nodes: dict[int, int], tails: TailStore, *,
-                 interleave: bool, on_failure: Failure, stats: ExchangeStats) -> list[ClientResult]:
+                 interleave: bool, on_failure: Failure, stats: ExchangeStats,
+                 states: dict[int, dict] | None = None) -> list[ClientResult]:
     """Train ``tasks`` over per-batch messages; the results of clients that finished, in task order.
 
-    Tasks must use distinct tail slots unless ``interleave`` (then they share one).
+    Tasks must use distinct tail slots unless ``interleave`` (then they share one). With
+    ``states``, the client states that checkpointing clients send with their results are
+    put there (client id -> state).
     """
     sessions = [_Session(t, nodes[t.client_id]) for t in tasks]
     turns = RoundRobin(range(len(sessions))) if interleave else None
@@ -292,6 +311,6 @@ def run_exchange(channel, tasks: Sequence[ClientTask], nodes: dict[int, int], ta
         if not ready:
             raise RuntimeError("per-batch exchange stalled: every client waits for the tail")
         for s, reply in zip(ready, channel.request([_message(s) for s in ready])):
-            _absorb(s, reply, on_failure, stats)
-        _process(sessions, tails, turns)
+            _absorb(s, reply, on_failure, stats, states)
+        _process(sessions, tails, turns, on_failure)
     return [s.result for s in sessions if s.result is not None]

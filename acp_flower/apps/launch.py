@@ -98,10 +98,21 @@ def parse_federation_config(items: list[str] | None) -> dict[str, Any]:
 
 
 def _parse_items(items: list[str] | None, option: str) -> dict[str, Any]:
-    """``k=v`` items parsed exactly as ``flwr run`` parses them (errors as ValueError)."""
+    """``k=v`` items parsed exactly as ``flwr run`` parses them (errors as ValueError).
+
+    Flower silently drops a token without ``=``; here it is an error naming the token.
+    """
+    import shlex
+
     import click
     from flwr.common.config import parse_config_args
 
+    for item in items or []:
+        if item.endswith(".toml") and Path(item).is_file():
+            continue
+        bad = [token for token in shlex.split(item) if "=" not in token]
+        if bad:
+            raise ValueError(f"{option}: {bad[0]!r} must look like key=value")
     try:
         return parse_config_args(items or [])
     except click.ClickException as exc:
@@ -267,7 +278,8 @@ def _flwr(args: list[str], env: dict[str, str], app_dir: Path, timeout: float = 
     proc = subprocess.run(["flwr", *args], env=env, cwd=app_dir, capture_output=True, text=True, timeout=timeout,
                           check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"`flwr {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        output = proc.stderr.strip() or proc.stdout.strip()
+        raise RuntimeError(f"`flwr {' '.join(args)}` failed ({proc.returncode}): {output}")
     return proc.stdout
 
 
@@ -284,16 +296,25 @@ def run_status(run_id: int, env: dict[str, str], app_dir: Path) -> tuple[str, st
 
 def simulate(run_config: list[str] | None = None, federation_config: list[str] | None = None, *,
              app_dir: Path = APP_DIR, flwr_home: str | Path | None = None, stream: bool = True,
-             timeout: float = 24 * 3600.0) -> SimulationOutcome:
-    """Run the app once through a SuperLink of its own; see the module docstring."""
-    from acp_flower.metrics import check_out_dir
+             timeout: float = 24 * 3600.0, checkpoint: bool = False, resume: bool = False) -> SimulationOutcome:
+    """Run the app once through a SuperLink of its own; see the module docstring.
+
+    ``checkpoint`` / ``resume`` set the run-config keys of the same names (the ServerApp
+    checkpoints after every round / continues the run in out-dir from its checkpoint).
+    """
+    from acp_flower.metrics import resume_point
 
     values = resolve_run_config(run_config)
-    if values.get("out-dir"):
-        check_out_dir(Path(values["out-dir"]))  # fail now, not after the start-up
+    if checkpoint:
+        values["checkpoint"] = True
+    if resume:
+        values["resume"] = True
+    cfg = ExperimentConfig.from_run_config({**ExperimentConfig().to_run_config(), **values})
+    if (cfg.checkpoint or cfg.resume) and not cfg.out_dir:
+        raise ValueError("--checkpoint / --resume need an out-dir in --run-config (where checkpoint.pt lives)")
+    resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)  # fail now, not after the start-up
     federation = parse_federation_config(federation_config)
-    federation.setdefault("num-supernodes", ExperimentConfig.from_run_config(
-        {**ExperimentConfig().to_run_config(), **values}).num_clients)
+    federation.setdefault("num-supernodes", cfg.num_clients)
     home = Path(flwr_home or os.environ.get("FLWR_HOME") or tempfile.mkdtemp(prefix="acp-flwr-home-"))
     temporary = not (flwr_home or os.environ.get("FLWR_HOME"))
     # short path: Ray's unix sockets live below it (at most 107 characters)
@@ -361,6 +382,10 @@ def register_cli(subparsers) -> None:
                           "(num-supernodes defaults to num-clients)")
     cmd.add_argument("--flwr-home", help="FLWR_HOME to use (default: $FLWR_HOME or a temporary directory)")
     cmd.add_argument("--quiet", action="store_true", help="do not stream the run's log")
+    cmd.add_argument("--checkpoint", action="store_true",
+                     help="write out-dir/checkpoint.pt after every round (removed when the run completes)")
+    cmd.add_argument("--resume", action="store_true",
+                     help="continue the run in out-dir from its checkpoint.pt (implies --checkpoint)")
     cmd.add_argument("--timeout", type=float, default=24 * 3600.0,
                      help="seconds after which the run counts as failed (default 24 h)")
     cmd.set_defaults(func=_cmd_simulate)
@@ -371,12 +396,14 @@ def _cmd_simulate(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         outcome = simulate(args.run_config, args.federation_config, flwr_home=args.flwr_home,
-                           stream=not args.quiet, timeout=args.timeout)
+                           stream=not args.quiet, timeout=args.timeout, checkpoint=args.checkpoint,
+                           resume=args.resume)
     except (RuntimeError, TimeoutError) as exc:
         print(f"acp-flower: error: {exc}", file=sys.stderr)
         return 1
     if outcome.ok:
-        print(f"run {outcome.run_id} {outcome.status} in {outcome.wall_s:.1f}s; results in {outcome.out_dir or '(no out-dir)'}")
+        where = outcome.out_dir or "(no out-dir)"
+        print(f"run {outcome.run_id} {outcome.status} in {outcome.wall_s:.1f}s; results in {where}")
         return 0
     print(f"acp-flower: run {outcome.run_id} {outcome.status}: {outcome.details}", file=sys.stderr)
     return 1

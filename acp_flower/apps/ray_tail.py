@@ -25,9 +25,8 @@ import ray
 import torch
 
 from acp_flower.config import ExperimentConfig
-from acp_flower.runtime import RoundRobin, ServerStats, TailSlots, resolve_device
+from acp_flower.runtime import CLIENT_FAULTS, RoundRobin, ServerStats, TailSlots, resolve_device
 from acp_flower.runtime.common import StateDict
-
 
 NAMESPACE = "acp-flower"
 """Ray namespace of the tail actors (Flower's ray.init sets none: random per run)."""
@@ -117,6 +116,12 @@ class TailActor:
     def pop_stats(self) -> ServerStats:
         return self.slots.pop_stats()
 
+    def state_dict(self) -> dict[int, dict[str, StateDict]]:
+        return self.slots.state_dict()
+
+    def load_state_dict(self, state: dict[int, dict[str, StateDict]]) -> None:
+        self.slots.load_state_dict(state)
+
 
 def tail_actor_options(cfg: ExperimentConfig, run_id: int) -> dict[str, Any]:
     """Ray options of the tail actor: name, namespace, resources, environment."""
@@ -148,6 +153,10 @@ def ray_get(ref: Any, what: str, timeout: float = CALL_TIMEOUT_S) -> Any:
     """``ray.get`` with a timeout and an error that says what was waited for."""
     try:
         return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, CLIENT_FAULTS):  # the tail refused this client's upload: the client's fault
+            raise exc.cause from None
+        raise
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"{what}: no answer within {timeout:.0f}s (actor pending for resources, "
                            "e.g. tail-num-gpus on a machine without a free GPU?)") from None
@@ -177,6 +186,13 @@ class RayTails:
 
     def pop_stats(self) -> ServerStats:
         return ray_get(self.actor.pop_stats.remote(), "tail statistics")
+
+    def state_dict(self) -> dict[int, dict[str, StateDict]]:
+        """Every slot's tail and optimizer state (for the ServerApp's checkpoint)."""
+        return ray_get(self.actor.state_dict.remote(), "tail state for the checkpoint")
+
+    def load_state_dict(self, state: dict[int, dict[str, StateDict]]) -> None:
+        ray_get(self.actor.load_state_dict.remote(state), "restore the tails from the checkpoint")
 
     def begin_interleave(self, order: list[int]) -> None:
         ray_get(self.actor.begin_interleave.remote(order), "begin interleaved round")

@@ -17,7 +17,6 @@ from acp_flower.runtime.common import StateDict
 from acp_flower.runtime.protocol import ClientTask
 from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats
 
-
 # Message types (category.action) handled by the ClientApp.
 MSG_HELLO = "query.hello"
 """Startup: a node reports its partition id and the Ray resources of its actor."""
@@ -25,6 +24,8 @@ MSG_ROUND = "train.round"
 """Ray transport: train a whole round, calling the tail actor per mini-batch."""
 MSG_STEP = "train.sl_step"
 """Flower transport: one mini-batch exchange per message (see flower_exchange)."""
+MSG_RESTORE = "query.restore"
+"""Resume: a node's client state from the ServerApp's checkpoint, to put into context.state."""
 
 # Record names inside a Message's RecordDict.
 TASK = "acp.task"
@@ -38,6 +39,9 @@ STEP = "acp.step"
 # Record names inside a ClientApp's context.state.
 STATE_PREFIX = "acp.state."
 STATE_META = "acp.state_meta"
+# Record names of a client's full state inside a Message (checkpointing runs; resume).
+CKPT_PREFIX = "acp.ckpt."
+CKPT_META = "acp.ckpt_meta"
 
 
 def state_to_record(state: StateDict) -> ArrayRecord:
@@ -123,3 +127,20 @@ def load_client_state(state: RecordDict) -> dict[str, StateDict] | None:
 def state_version(state: RecordDict) -> int:
     """How many times the client state was saved (0 = never)."""
     return int(state.config_records[STATE_META]["version"]) if STATE_META in state else 0
+
+
+def add_client_state(content: RecordDict, client_state: dict[str, StateDict], server_round: int) -> None:
+    """Put ``ClientRuntime.state_dict()`` into a Message (a round's reply for the ServerApp's
+    checkpoint, or a restore message on resume)."""
+    for name, sub in client_state.items():
+        content[CKPT_PREFIX + name] = state_to_record(sub)
+    content[CKPT_META] = ConfigRecord({"round": server_round, "parts": list(client_state)})
+
+
+def content_to_client_state(content: RecordDict) -> tuple[dict[str, StateDict], int] | None:
+    """The client state and its round put by ``add_client_state``, or None if the message has none."""
+    if CKPT_META not in content:
+        return None
+    meta = content.config_records[CKPT_META]
+    state = {name: record_to_state(content.array_records[CKPT_PREFIX + name]) for name in meta["parts"]}
+    return state, int(meta["round"])

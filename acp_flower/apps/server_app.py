@@ -14,15 +14,17 @@ import logging
 import sys
 import time
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from acp_flower.apps.executor import Channel, FlowerExecutor, discover_nodes
 from acp_flower.apps.ray_tail import RayTails
 from acp_flower.config import ExperimentConfig
-from acp_flower.metrics import RunRecorder
 from acp_flower.data import prepare_data
-from acp_flower.runtime import TailSlots, build_evaluator, initial_states, resolve_device
+from acp_flower.metrics import RunRecorder, resume_point
+from acp_flower.runtime import RoundOutcome, TailSlots, build_evaluator, initial_states, resolve_device
+from acp_flower.runtime.checkpoint import Checkpoint, remove_checkpoint, save_checkpoint
 from strategies import get_strategy
 
 log = logging.getLogger("acp_flower")
@@ -37,13 +39,24 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
-    """Run every round of ``cfg`` over ``grid``; write the outputs; return the summary."""
+    """Run every round of ``cfg`` over ``grid``; write the outputs; return the summary.
+
+    With ``checkpoint`` (or ``resume``), ``out-dir/checkpoint.pt`` is written after every
+    round: the strategy's global model, the tails with their optimizers, every client's
+    state (sent with its round result), the metrics rows, the faults and this process's
+    torch RNG. ``resume`` continues from it: a resumed run is a new simulation, so each
+    client gets its state back in a ``query.restore`` message before the first round.
+    """
     _setup_logging()
     t0 = time.perf_counter()
     if not cfg.out_dir:
+        if cfg.checkpoint or cfg.resume:
+            raise ValueError("config keys 'checkpoint' and 'resume' need an out-dir (where checkpoint.pt lives)")
         log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
     strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before anything is written
-    recorder = RunRecorder(cfg.out_dir or None, cfg)
+    checkpointing = cfg.checkpoint or cfg.resume
+    ckpt = resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)
+    recorder = RunRecorder(cfg.out_dir or None, cfg, overwrite=cfg.resume, resume_rows=ckpt.rows if ckpt else None)
     executor: FlowerExecutor | None = None
     tails = None
     try:
@@ -51,18 +64,39 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
         extra = {"transport": cfg.transport, "setup_s": time.perf_counter() - t0}
         log.info("%d clients ready (transport=%s, %.1fs)", len(executor.client_ids), cfg.transport, extra["setup_s"])
         strategy.initialize(executor, *initial_states(cfg))
-        strategy.start(executor, cfg.rounds, evaluator, recorder.record, stop_accuracy=cfg.stop_accuracy)
+        first_round = 1
+        if ckpt is not None:
+            strategy.load_state_dict(ckpt.strategy)
+            tails.load_state_dict(ckpt.tails)
+            executor.restore_clients(ckpt.clients, ckpt.server_round)
+            executor.faults.restore(ckpt.failures)
+            torch.set_rng_state(ckpt.torch_rng)  # last: the setup above drew from it
+            first_round = ckpt.server_round + 1
+            extra["resumed_after_round"] = ckpt.server_round
+            log.info("resuming %s after round %d", cfg.out_dir, ckpt.server_round)
+
+        def on_round_end(outcome: RoundOutcome) -> None:
+            recorder.record(outcome)
+            if checkpointing:
+                save_checkpoint(cfg.out_dir, cfg, Checkpoint(
+                    outcome.server_round, recorder.rows, strategy.state_dict(), dict(executor.client_states),
+                    tails.state_dict(), torch.get_rng_state(), executor.failures_as_dicts()))
+
+        strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round,
+                       stop_accuracy=cfg.stop_accuracy)
     except BaseException as exc:
         failures = executor.failures_as_dicts() if executor else []
         stats = executor.stats.as_dict() if executor else {}
-        recorder.finish(status="failed", reason=f"{type(exc).__name__}: {exc}", failures=failures, exchange=stats)
-        log.error("run stopped: %s", exc)
+        recorder.fail(exc, failures=failures, exchange=stats)  # a checkpoint stays: resume from it
         raise
     finally:
         if isinstance(tails, RayTails):
             tails.close()
-    return recorder.finish(status="completed", failures=executor.failures_as_dicts(),
-                           exchange=executor.stats.as_dict(), **extra)
+    summary = recorder.finish(status="completed", failures=executor.failures_as_dicts(),
+                              exchange=executor.stats.as_dict(), **extra)
+    if checkpointing:
+        remove_checkpoint(cfg.out_dir)
+    return summary
 
 
 def _setup(grid: Grid, cfg: ExperimentConfig):
@@ -75,13 +109,13 @@ def _setup(grid: Grid, cfg: ExperimentConfig):
     device = resolve_device(cfg.device)
     with ThreadPoolExecutor(max_workers=1) as pool:
         evaluator = pool.submit(lambda: build_evaluator(cfg, prepare_data(cfg), device))
-        channel = Channel(grid)
-        nodes, hellos = discover_nodes(channel, grid, cfg)
+        nodes, hellos = discover_nodes(Channel(grid), grid, cfg)  # start-up has its own timeout
         if cfg.transport == "ray":
             tails, capacity = RayTails(cfg, grid.run.run_id), client_capacity(hellos.values())
             log.info("tail actor %s on %s; %d client actors at once", tails.name, tails.info["device"], capacity)
         else:
             tails, capacity = TailSlots(cfg, device), 0
+        channel = Channel(grid, timeout=cfg.reply_timeout_s)
         return FlowerExecutor(cfg, channel, nodes, tails, capacity), tails, evaluator.result()
 
 

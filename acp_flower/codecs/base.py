@@ -70,7 +70,7 @@ class Codec(ABC):
         """What inference needs from training (averaged across clients by FedAvg)."""
         return {}
 
-    def load_eval_state(self, state: StateDict) -> None:
+    def load_eval_state(self, state: StateDict) -> None:  # noqa: B027 - optional hook, no-op by default
         """Install an (aggregated) ``eval_state`` for inference."""
 
 

@@ -9,7 +9,12 @@ import numpy as np
 import torch
 import torchvision
 
-__all__ = ["LAYOUTS", "Layout", "dataset_dir", "is_present", "missing_files", "read_arrays"]
+__all__ = ["LAYOUTS", "DatasetFileError", "Layout", "check_idx_files", "dataset_dir", "is_present", "missing_files",
+           "read_arrays"]
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is present but corrupted (wrong magic number, truncated, wrong counts)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,48 @@ class CIFAR10NoMD5(torchvision.datasets.CIFAR10):
     meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
 
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+"""IDX magic numbers of uint8 images (3 dimensions) and uint8 labels (1 dimension)."""
+
+
+def _idx_count(name: str, path: Path, ndim: int) -> int:
+    """Items in the uint8 IDX file ``path`` after checking its header against its size."""
+    size = path.stat().st_size
+    header = 4 + 4 * ndim
+    refetch = _REFETCH.replace("NAME", name)
+    with path.open("rb") as fh:
+        head = fh.read(header)
+    if len(head) < 4 or int.from_bytes(head[:4], "big") != _IDX_MAGIC[ndim]:
+        got = f"0x{int.from_bytes(head[:4], 'big'):08x}" if len(head) >= 4 else f"{len(head)} bytes"
+        raise DatasetFileError(f"dataset file {path}: wrong magic number {got} (expected "
+                               f"0x{_IDX_MAGIC[ndim]:08x}, uint8 IDX with {ndim} dimension(s)); {refetch}")
+    if len(head) < header:
+        raise DatasetFileError(f"dataset file {path}: truncated header ({size} bytes); {refetch}")
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if size != header + int(np.prod(dims)):
+        raise DatasetFileError(f"dataset file {path}: {size} bytes, but its header ({' x '.join(map(str, dims))}) "
+                               f"needs {header + int(np.prod(dims))}: truncated or padded; {refetch}")
+    return dims[0]
+
+
+_REFETCH = "delete the dataset's directory and fetch it again (acp-flower data fetch NAME)"
+
+
+def check_idx_files(name: str, root: str | Path, *, train: bool) -> None:
+    """Check the IDX files of one split of (Fashion-)MNIST before torchvision reads them.
+
+    torchvision reports a corrupted file as a bare ``AssertionError`` or a tensor shape
+    error; this names the file and what is wrong with it (``DatasetFileError``).
+    """
+    raw = dataset_dir(name, root) / "raw"
+    prefix = "train" if train else "t10k"
+    images = _idx_count(name, raw / f"{prefix}-images-idx3-ubyte", 3)
+    labels = _idx_count(name, raw / f"{prefix}-labels-idx1-ubyte", 1)
+    if images != labels:
+        raise DatasetFileError(f"dataset files {raw}/{prefix}-*: {images} images but {labels} labels; "
+                               + _REFETCH.replace("NAME", name))
+
+
 def read_arrays(name: str, root: str | Path, *, train: bool) -> tuple[torch.Tensor, np.ndarray]:
     """Read one split of a real dataset through torchvision's dataset classes.
 
@@ -120,10 +167,15 @@ def read_arrays(name: str, root: str | Path, *, train: bool) -> tuple[torch.Tens
     """
     root = str(root)
     if name == "cifar10":
-        ds = CIFAR10NoMD5(root=root, train=train, download=False)
+        try:
+            ds = CIFAR10NoMD5(root=root, train=train, download=False)
+        except Exception as exc:  # torchvision unpickles the batches: any failure is a bad file
+            raise DatasetFileError(f"dataset cifar10 in {dataset_dir(name, root)}: a batch file is unreadable "
+                                   f"({type(exc).__name__}: {exc}); " + _REFETCH.replace("NAME", name)) from exc
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     elif name in ("fashion-mnist", "mnist"):
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+        check_idx_files(name, root, train=train)
         ds = cls(root=root, train=train, download=False)
         images = ds.data.unsqueeze(1).contiguous()
     else:

@@ -8,7 +8,14 @@ import importlib
 import pkgutil
 
 from acp_flower.exchanges.base import (
-    ClientSide, Exchange, Send, ServerSide, build_exchange, get_exchange, list_exchanges, register_exchange,
+    ClientSide,
+    Exchange,
+    Send,
+    ServerSide,
+    build_exchange,
+    get_exchange,
+    list_exchanges,
+    register_exchange,
     train_tail,
 )
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acp_flower.guard import check_finite
 from acp_flower.options import ComponentConfig, Registry
 from acp_flower.wire import Payload
 
@@ -40,7 +41,10 @@ class ClientSide(Protocol):
         """Parse a gradient reply to ``up``: its payload and the dense gradient on ``device``."""
 
     def record_local(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch's client-side loss and accuracy to the round's local statistics."""
+        """Add a batch's client-side loss and accuracy to the round's local statistics.
+
+        Call it before ``loss.backward()``: it raises ``NonFiniteError`` on a non-finite loss,
+        so nothing is stepped with it."""
 
 
 class ServerSide(Protocol):
@@ -51,7 +55,8 @@ class ServerSide(Protocol):
     device: torch.device
 
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch's training loss and accuracy to the server's statistics."""
+        """Add a batch's training loss and accuracy to the server's statistics (before
+        ``loss.backward()``: raises ``NonFiniteError`` on a non-finite loss)."""
 
 
 class Exchange(ABC):
@@ -97,14 +102,20 @@ class Exchange(ABC):
 
 
 def train_tail(server: ServerSide, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One optimizer step of the tail on (x, y) with the true loss (cross-entropy)."""
+    """One optimizer step of the tail on (x, y) with the true loss (cross-entropy).
+
+    The divergence guard runs before the step: a non-finite loss, or gradient w.r.t. ``x``
+    (when ``x`` requires one), raises ``NonFiniteError`` and leaves the tail unchanged.
+    """
     server.tail.train()
     logits = server.tail(x)
     loss = F.cross_entropy(logits, y)
+    server.record(loss, logits, y)
     server.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if x.grad is not None:
+        check_finite("gradient (server, w.r.t. the smashed data)", x.grad)
     server.optimizer.step()
-    server.record(loss, logits, y)
 
 
 _REGISTRY: Registry[type[Exchange]] = Registry("exchange")

@@ -105,10 +105,10 @@ class DecoupledExchange(Exchange):
         y = y.to(client.device, non_blocking=True)
         logits = client.model.aux(smashed)
         loss = F.cross_entropy(logits, y)
+        client.record_local(loss, logits, y)
         client.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         client.optimizer.step()
-        client.record_local(loss, logits, y)
         return payload, up, None, down
 
     def server_step(self, server: ServerSide, payload: Payload) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -13,12 +14,23 @@ from tqdm.auto import tqdm
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import prepare_data
-from acp_flower.metrics import RunRecorder, check_out_dir
-from acp_flower.runners.checkpoint import Checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from acp_flower.metrics import RunRecorder, resume_point
 from acp_flower.runtime import (
-    ClientResult, ClientRuntime, ClientTask, RoundOutcome, RoundRobin, TailSlots, TailStoreExecutor, build_client,
-    build_evaluator, initial_states, resolve_device,
+    CLIENT_FAULTS,
+    ClientResult,
+    ClientRuntime,
+    ClientTask,
+    FaultLog,
+    RoundOutcome,
+    RoundRobin,
+    TailSlots,
+    TailStoreExecutor,
+    build_client,
+    build_evaluator,
+    initial_states,
+    resolve_device,
 )
+from acp_flower.runtime.checkpoint import Checkpoint, remove_checkpoint, save_checkpoint
 from strategies import get_strategy
 
 log = logging.getLogger("acp_flower")
@@ -31,23 +43,44 @@ class LocalExecutor(TailStoreExecutor):
         self.cfg, self.clients, self.device = cfg, clients, device
         self.client_ids = sorted(clients)
         self.tails = TailSlots(cfg, device, prune_trace=True)
+        self.faults = FaultLog(cfg.on_client_error)
 
     def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]:
-        if not interleave:
-            return [self.clients[t.client_id].train(t, partial(self.tails.step, t.tail_slot)) for t in tasks]
-        if len({t.tail_slot for t in tasks}) > 1:
+        if interleave and len({t.tail_slot for t in tasks}) > 1:
             raise ValueError("interleaved tasks must share one tail slot")
-        gens = {t.client_id: self.clients[t.client_id].iter_train(t, partial(self.tails.step, t.tail_slot)) for t in tasks}
+        # A client that fails a round goes back to its round-start state, as on Flower, where
+        # a failed ClientApp never writes context.state.
+        saved = {t.client_id: self.clients[t.client_id].state_dict() for t in tasks} if self.faults.policy == "skip" else {}
         results: dict[int, ClientResult] = {}
-        turns = RoundRobin([t.client_id for t in tasks])
-        while (cid := turns.turn()) is not None:
-            try:
-                next(gens[cid])  # one mini-batch exchange
-                turns.advance(cid)
-            except StopIteration as stop:
-                results[cid] = stop.value
-                turns.finish(cid)
-        return [results[t.client_id] for t in tasks]
+        if not interleave:
+            for t in tasks:
+                with self._faults(t, saved):
+                    results[t.client_id] = self.clients[t.client_id].train(t, partial(self.tails.step, t.tail_slot))
+        else:
+            gens = {t.client_id: self.clients[t.client_id].iter_train(t, partial(self.tails.step, t.tail_slot))
+                    for t in tasks}
+            by_id = {t.client_id: t for t in tasks}
+            turns = RoundRobin([t.client_id for t in tasks])
+            while (cid := turns.turn()) is not None:
+                with self._faults(by_id[cid], saved, on_fault=turns.finish):
+                    try:
+                        next(gens[cid])  # one mini-batch exchange
+                        turns.advance(cid)
+                    except StopIteration as stop:
+                        results[cid] = stop.value
+                        turns.finish(cid)
+        return [results[t.client_id] for t in tasks if t.client_id in results]
+
+    @contextmanager
+    def _faults(self, task: ClientTask, saved: dict, on_fault=None):
+        """Apply ``on_client_error`` to a client fault raised inside (``skip``: restore, go on)."""
+        try:
+            yield
+        except CLIENT_FAULTS as exc:
+            self.faults.report(task.server_round, task.client_id, str(exc))  # raises on "stop"
+            self.clients[task.client_id].load_state_dict(saved[task.client_id])
+            if on_fault is not None:
+                on_fault(task.client_id)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, progress: bool = True,
@@ -61,14 +94,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     ``resume`` restarts an unfinished run and refuses a finished one.
     """
     strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before any work
-    checkpoint = checkpoint or resume
+    if cfg.fail_client >= 0 and cfg.fail_kind == "hang":
+        raise ValueError("config key 'fail_kind': 'hang' needs a reply timeout, which only the Flower app has "
+                         "(acp-flower simulate); in this process a hang would block the run")
+    resume = resume or cfg.resume
+    checkpoint = checkpoint or resume or cfg.checkpoint
     if checkpoint and out_dir is None:
         raise ValueError("checkpoint/resume need an out_dir")
-    ckpt = load_checkpoint(out_dir, cfg) if resume else None
-    if out_dir is not None and ckpt is None:
-        if resume and (Path(out_dir) / "summary.json").exists():
-            raise FileExistsError(f"output directory {out_dir} holds a finished run; nothing to resume")
-        check_out_dir(Path(out_dir), overwrite or resume)
+    ckpt = resume_point(out_dir, cfg, resume=resume, overwrite=overwrite)
     data = prepare_data(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -82,6 +115,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
         for cid, state in ckpt.clients.items():
             clients[cid].load_state_dict(state)
         executor.tails.load_state_dict(ckpt.tails)
+        executor.faults.restore(ckpt.failures)
         torch.set_rng_state(ckpt.torch_rng)  # last: building the run above drew from it
         first_round = ckpt.server_round + 1
         log.info("resuming %s after round %d", out_dir, ckpt.server_round)
@@ -96,14 +130,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
                 save_checkpoint(out_dir, cfg, Checkpoint(
                     outcome.server_round, recorder.rows, strategy.state_dict(),
                     {cid: c.state_dict() for cid, c in clients.items()}, executor.tails.state_dict(),
-                    torch.get_rng_state(),
+                    torch.get_rng_state(), executor.faults.as_dicts(),
                 ))
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['train_loss']:.3f}")
             bar.update()
 
-        strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round,
-                       stop_accuracy=cfg.stop_accuracy)
-    recorder.finish()
+        try:
+            strategy.start(executor, cfg.rounds, evaluator, on_round_end, first_round=first_round,
+                           stop_accuracy=cfg.stop_accuracy)
+        except BaseException as exc:
+            recorder.fail(exc, failures=executor.faults.as_dicts())  # the checkpoint stays: --resume
+            raise
+    recorder.finish(status="completed", failures=executor.faults.as_dicts())
     if checkpoint:
         remove_checkpoint(out_dir)
     return recorder.frame()

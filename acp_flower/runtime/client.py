@@ -18,18 +18,21 @@ from acp_flower.codecs.dropout import ActivationDropout
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import dataset_info
 from acp_flower.exchanges import Exchange, Send, build_exchange
+from acp_flower.guard import NonFiniteError, check_finite
 from acp_flower.models.pruning import HeadPruner
 from acp_flower.runtime.common import (
-    StateDict, build_client_model, clone_state, flatten_optimizer, make_optimizer, unflatten_optimizer,
+    StateDict,
+    build_client_model,
+    clone_state,
+    flatten_optimizer,
+    make_optimizer,
+    unflatten_optimizer,
 )
+from acp_flower.runtime.faults import CORRUPTIONS, ClientFailure, corrupt, hang, locate
 from acp_flower.runtime.protocol import ClientTask
 from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats
 from acp_flower.seeds import derive_seed
 from acp_flower.wire import Payload, PayloadError, from_bytes, ideal_bits, to_bytes
-
-
-class ClientFailure(RuntimeError):
-    """Raised on purpose by the ``fail_client`` testing aid."""
 
 
 class ClientRuntime:
@@ -55,6 +58,8 @@ class ClientRuntime:
         self.pruner = HeadPruner(cfg.options("head_pruning"))
         self.server_round, self.round_step = 0, 0
         """The round being trained and the uploads made in it (seed the dropout masks)."""
+        self.faulty = False
+        """This round is the ``fail_client``/``fail_round`` testing aid's."""
 
     @property
     def steps_per_round(self) -> int:
@@ -74,8 +79,11 @@ class ClientRuntime:
         t0 = time.perf_counter()
         if task.head_state is not None:
             self.model.load_state_dict(task.head_state)
-        if self.client_id == self.cfg.fail_client and task.server_round == self.cfg.fail_round:
+        self.faulty = self.client_id == self.cfg.fail_client and task.server_round == self.cfg.fail_round
+        if self.faulty and self.cfg.fail_kind == "raise":
             raise ClientFailure(f"client {self.client_id} failed on purpose in round {task.server_round} (fail_client)")
+        if self.faulty and self.cfg.fail_kind == "hang":
+            hang(self.cfg.reply_timeout_s + 5.0)
         self.model.train()
         self.local_stats = ServerStats()
         self.server_round, self.round_step = task.server_round, 0
@@ -100,8 +108,17 @@ class ClientRuntime:
                             self.codec.eval_state(), self.local_stats, busy)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, send: Send) -> TrafficStats:
-        """One mini-batch exchange (``self.exchange``); its traffic."""
-        payload, up, down_payload, down = self.exchange.client_step(self, x, y, send)
+        """One mini-batch exchange (``self.exchange``); its traffic.
+
+        Raises ``NonFiniteError`` (with round, client and batch) when a loss, the smashed
+        data or a gradient of this exchange, on either side, is not finite, and
+        ``PayloadError`` (likewise located) when either side refuses the other's bytes.
+        """
+        batch = self.round_step
+        try:
+            payload, up, down_payload, down = self.exchange.client_step(self, x, y, send)
+        except (NonFiniteError, PayloadError) as exc:
+            raise locate(exc, self.server_round, self.client_id, batch) from None
         down_bits = ideal_bits(down_payload, self.num_classes) if down_payload is not None else 0
         return TrafficStats(1, len(up), len(down), ideal_bits(payload, self.num_classes), down_bits,
                             1.0 - payload.kept_fraction)
@@ -109,20 +126,27 @@ class ClientRuntime:
     # ------------------------------------------------------------ ClientSide (for exchanges)
     def upload(self, smashed: torch.Tensor, labels: torch.Tensor) -> tuple[Payload, bytes]:
         """The up-link payload of a training batch (codec, activation dropout, labels) and its bytes."""
+        check_finite("smashed data", smashed.detach())
         payload = self.dropout(self.codec.encode(smashed, labels, train=True), self.server_round, self.round_step)
         self.round_step += 1
         payload = replace(payload, labels=labels.cpu())
-        return payload, to_bytes(payload)
+        up = to_bytes(payload)
+        if self.faulty and self.round_step == 1 and self.cfg.fail_kind in CORRUPTIONS:
+            up = corrupt(self.cfg.fail_kind, payload, up)  # the fail_kind testing aid
+        return payload, up
 
     def decode_grad(self, down: bytes, up: Payload) -> tuple[Payload, torch.Tensor]:
         """The gradient payload answering ``up`` and the dense gradient on this client's device."""
         grad_payload = from_bytes(down)
         if grad_payload.shape != up.shape:
             raise PayloadError(f"gradient shape {grad_payload.shape} != smashed shape {up.shape}")
-        return grad_payload, self.codec.decode_grad(grad_payload).to(self.device, non_blocking=True)
+        grad = self.codec.decode_grad(grad_payload)
+        check_finite("gradient (down-link)", grad)
+        return grad_payload, grad.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def record_local(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        check_finite("client loss", loss)
         batch = labels.numel()
         self.local_stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
 

@@ -36,7 +36,8 @@ class TailStore(Protocol):
     """Whatever holds the server's tail copies, one per slot (``TailSlots``, the Ray tail actor).
 
     ``step`` answers one upload (wire-protocol bytes) with the reply bytes; a slot is
-    created on first use. ``pop_stats`` returns the training totals since the last call.
+    created on first use. ``pop_stats`` returns the training totals since the last call;
+    ``state_dict`` / ``load_state_dict`` save and restore every slot with its optimizer.
     """
 
     def step(self, slot: int, up: bytes) -> bytes: ...
@@ -46,6 +47,12 @@ class TailStore(Protocol):
     def set(self, slot: int, state: StateDict) -> None: ...
 
     def pop_stats(self) -> ServerStats: ...
+
+    def state_dict(self) -> dict[int, dict[str, StateDict]]:
+        """Every slot's tail and optimizer state, by slot (checkpoints)."""
+        ...
+
+    def load_state_dict(self, state: dict[int, dict[str, StateDict]]) -> None: ...
 
 
 class Executor(Protocol):

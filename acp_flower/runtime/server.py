@@ -5,12 +5,20 @@ from __future__ import annotations
 import torch
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.data import dataset_info
 from acp_flower.exchanges import Exchange, build_exchange
+from acp_flower.guard import check_finite
+from acp_flower.models.resnet import smashed_shape
 from acp_flower.runtime.common import (
-    StateDict, build_split, clone_state, flatten_optimizer, make_optimizer, unflatten_optimizer,
+    StateDict,
+    build_split,
+    clone_state,
+    flatten_optimizer,
+    make_optimizer,
+    unflatten_optimizer,
 )
 from acp_flower.runtime.stats import ServerStats
-from acp_flower.wire import PayloadError, from_bytes, to_bytes
+from acp_flower.wire import Payload, PayloadError, from_bytes, to_bytes
 
 
 class ServerRuntime:
@@ -22,9 +30,13 @@ class ServerRuntime:
     """
 
     def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 exchange: Exchange | None = None) -> None:
+                 exchange: Exchange | None = None, *, sample_shape: tuple[int, ...] | None = None,
+                 num_classes: int | None = None) -> None:
         self.tail, self.optimizer, self.device = tail.to(device), optimizer, device
         self.exchange = exchange if exchange is not None else build_exchange(ExperimentConfig())
+        self.sample_shape, self.num_classes = sample_shape, num_classes
+        """What a well-formed upload holds: one sample's smashed-data shape, labels < num_classes
+        (None = not checked)."""
         self.stats = ServerStats()
         self.prune_trace: list[float] | None = None
         """Set to a list to collect the pruned fraction of every upload (``pop_prune_trace``)."""
@@ -34,14 +46,26 @@ class ServerRuntime:
         payload = from_bytes(up)
         if self.prune_trace is not None:
             self.prune_trace.append(1.0 - payload.kept_fraction)
-        if payload.labels is None:
-            raise PayloadError("smashed-data payload carries no labels")
+        self.check_upload(payload)
         reply = self.exchange.server_step(self, payload)
         return b"" if reply is None else to_bytes(reply)
 
+    def check_upload(self, payload: Payload) -> None:
+        """Refuse an upload the tail cannot train on, naming what is wrong (``PayloadError``)."""
+        if payload.labels is None:
+            raise PayloadError("smashed-data payload carries no labels")
+        if self.sample_shape is not None and tuple(payload.shape[1:]) != tuple(self.sample_shape):
+            raise PayloadError(f"smashed-data payload of shape {tuple(payload.shape)}; the model's cut gives "
+                               f"(batch, {', '.join(map(str, self.sample_shape))})")
+        if payload.labels.numel() != payload.batch_size:
+            raise PayloadError(f"payload carries {payload.labels.numel()} labels for a batch of {payload.batch_size}")
+        if self.num_classes is not None and payload.labels.numel() and int(payload.labels.max()) >= self.num_classes:
+            raise PayloadError(f"label {int(payload.labels.max())} out of range for {self.num_classes} classes")
+
     @torch.no_grad()
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch's training loss and accuracy (``ServerSide``, for exchanges)."""
+        """Add a batch's training loss and accuracy (``ServerSide``, for exchanges); guards the loss."""
+        check_finite("loss (server)", loss)
         batch = labels.numel()
         self.stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
 
@@ -75,8 +99,12 @@ class ServerRuntime:
 
 def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
     """A server runtime with a freshly built tail (load weights with ``set_state``)."""
-    tail = build_split(cfg).tail.to(device)
-    return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device, build_exchange(cfg))
+    split = build_split(cfg)
+    info = dataset_info(cfg.dataset)
+    tail = split.tail.to(device)
+    return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device, build_exchange(cfg),
+                         sample_shape=tuple(smashed_shape(split.head, info.in_channels, info.image_size)),
+                         num_classes=info.num_classes)
 
 
 class TailSlots:

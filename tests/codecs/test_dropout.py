@@ -77,6 +77,7 @@ def test_corrupt_dropout_sections_are_refused():
         drop(payload, Dropout(1, 0.1))
 
 
+@pytest.mark.slow
 def test_in_a_run_dropout_halves_the_values_and_replays_identically(tmp_path):
     tiny = dict(dataset="synthetic", train_subset=128, test_subset=64, num_clients=2, rounds=2, batch_size=32,
                 eval_batch_size=64, optimizer="adam", lr=1e-3, codec="standard")

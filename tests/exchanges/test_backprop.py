@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.data import prepare_data
 from acp_flower.runners.local import run_experiment
 from acp_flower.runtime import build_client, build_server, initial_states, resolve_device
-from acp_flower.data import prepare_data
 from acp_flower.wire import from_bytes
 
 TINY = dict(dataset="synthetic", train_subset=64, test_subset=32, num_clients=1, rounds=1, batch_size=32,
@@ -31,6 +31,7 @@ def _one_exchange(**changes):
 
 
 @pytest.mark.parametrize("bits", [1, 4, 8, 16])
+@pytest.mark.slow
 def test_down_quantized_gradient_exact_bytes(bits):
     # Prepare / Execute: standard codec up (float32), the gradient back at `bits` bits
     up, down = _one_exchange(codec="standard", down_quantize_bits=bits)
@@ -41,6 +42,7 @@ def test_down_quantized_gradient_exact_bytes(bits):
     assert grad.bits == bits and grad.shape == up.shape
 
 
+@pytest.mark.slow
 def test_down_quantization_error_is_bounded_and_follows_the_upload_layout():
     # float32 reference gradient (same seed, same batch, same initial weights)
     _, exact = _one_exchange(codec="acp", acp_ratio="fixed")
@@ -51,6 +53,7 @@ def test_down_quantization_error_is_bounded_and_follows_the_upload_layout():
     assert (q.to_dense() - g.to_dense()).abs().max() <= step / 2 + 1e-7
 
 
+@pytest.mark.slow
 def test_down_quantization_reduces_down_bytes_in_a_run():
     base = run_experiment(ExperimentConfig.from_dict({**TINY, "codec": "standard"}), None, progress=False)
     q8 = run_experiment(ExperimentConfig.from_dict({**TINY, "codec": "standard", "down_quantize_bits": 8}),

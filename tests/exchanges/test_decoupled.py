@@ -14,6 +14,7 @@ TINY = dict(dataset="synthetic", train_subset=512, test_subset=128, num_clients=
 
 
 @pytest.mark.parametrize("aux_head", sorted(AUX_HEADS))
+@pytest.mark.slow
 def test_no_bytes_down_and_the_auxiliary_loss_falls(aux_head):
     # Execute
     frame = run_experiment(ExperimentConfig.from_dict({**TINY, "aux_head": aux_head}), None, progress=False)
@@ -24,12 +25,14 @@ def test_no_bytes_down_and_the_auxiliary_loss_falls(aux_head):
     assert frame["aux_test_accuracy"].notna().all() and frame["test_accuracy"].iloc[-1] > 0.2  # chance 0.1
 
 
+@pytest.mark.slow
 def test_the_backprop_runs_have_no_auxiliary_columns():
     frame = run_experiment(ExperimentConfig.from_dict({**TINY, "exchange": "backprop", "rounds": 1}), None,
                            progress=False)
     assert frame[["aux_test_accuracy", "aux_train_loss"]].isna().all().all()
 
 
+@pytest.mark.slow
 def test_client_model_holds_head_and_aux_and_the_server_gets_no_graph():
     # Prepare
     cfg = ExperimentConfig.from_dict({**TINY, "num_clients": 1, "train_subset": 32})

@@ -26,6 +26,7 @@ def test_registry_lists_and_rejects():
 @pytest.mark.parametrize("scheme", list_strategies())
 @pytest.mark.parametrize("exchange", list_exchanges())
 @pytest.mark.parametrize("codec", list_codecs())
+@pytest.mark.slow
 def test_every_strategy_exchange_and_codec_combination_trains(scheme, exchange, codec):
     frame = run_experiment(ExperimentConfig.from_dict({**TINY, "scheme": scheme, "exchange": exchange,
                                                        "codec": codec}), None, progress=False)

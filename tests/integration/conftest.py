@@ -11,6 +11,3 @@ def _one_thread():
     yield
     torch.set_num_threads(saved)
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "flwr_run(name): the test reads the results of a real `flwr run` (flwr_runs.RUNS)")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,17 @@ RUNS: dict[str, tuple[dict, str]] = {
     # messages with the tail in the actor
     "ray_skip": (dict(scheme="splitfed_v2", fail_client=1, fail_round=1, on_client_error="skip"),
                  "client-resources-num-cpus=1"),
+    # fault injection: a NaN upload refused by the tail actor (the client sees the error
+    # through Ray), and a client that hangs past the reply timeout
+    "ray_nan_skip": (dict(scheme="vanilla", fail_client=1, fail_round=1, fail_kind="nan", on_client_error="skip"),
+                     "client-resources-num-cpus=1"),
+    "flower_hang_skip": (dict(scheme="vanilla", transport="flower", fail_client=0, fail_round=1, fail_kind="hang",
+                              reply_timeout_s=15.0, on_client_error="skip"), "client-resources-num-cpus=1"),
+    # checkpoint/resume: killed (SIGKILL, every process) during round 2, then resumed;
+    # 10 mini-batches per client so that a round lasts long enough to be interrupted
+    "resume_ray": (dict(scheme="splitfed_v1", rounds=3, train_subset=960), "client-resources-num-cpus=1"),
+    "resume_flower": (dict(scheme="splitfed_v2", transport="flower", rounds=3, train_subset=960),
+                      "client-resources-num-cpus=1"),
     "flower_stop": (dict(scheme="vanilla", transport="flower", fail_client=2, fail_round=1, rounds=1),
                     "client-resources-num-cpus=1"),
     # decoupled SL (nothing sent back) and the lightweight-FedSL options, one run per transport
@@ -75,8 +88,7 @@ def config_of(name: str, root: Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict({**BASE, **changes, "out_dir": str(root / name / "out")})
 
 
-def run_simulate(name: str, root: Path) -> FlwrRun:
-    """``python -m acp_flower.cli simulate`` for run ``name`` (one torch thread per process)."""
+def _simulate_command(name: str, root: Path) -> tuple[ExperimentConfig, list[str]]:
     cfg = config_of(name, root)
     work = root / name
     work.mkdir(parents=True, exist_ok=True)
@@ -86,10 +98,67 @@ def run_simulate(name: str, root: Path) -> FlwrRun:
     command = [sys.executable, "-m", "acp_flower.cli", "simulate", "--quiet", "--run-config", str(work / "run.toml"),
                "--federation-config", RUNS[name][1], "--flwr-home", str(work / "flwr-home"),
                "--timeout", str(RUN_TIMEOUT_S - 120)]  # simulate cleans up itself before we kill it
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          check=False)
-    return FlwrRun(cfg, proc.returncode, proc.stdout + proc.stderr, Path(cfg.out_dir), work / "flwr-home")
+    return cfg, command
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_simulate(name: str, root: Path, *extra: str) -> FlwrRun:
+    """``python -m acp_flower.cli simulate`` for run ``name`` (one torch thread per process)."""
+    cfg, command = _simulate_command(name, root)
+    proc = subprocess.run(command + list(extra), cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, check=False)
+    return FlwrRun(cfg, proc.returncode, proc.stdout + proc.stderr, Path(cfg.out_dir), root / name / "flwr-home")
+
+
+@dataclass
+class ResumedRun:
+    """A run killed during a round (every process, SIGKILL), then resumed to its end."""
+
+    run: FlwrRun
+    """The resumed run (its metrics.csv is the whole run's)."""
+    checkpoint_round: int
+    """The last finished round in checkpoint.pt when the run was killed."""
+    rows_at_kill: int
+    """Rows metrics.csv held when the run was killed."""
+    killed: int
+    """Processes killed (launcher, SuperLink, SuperExec, simulation, Ray)."""
+    left_after_kill: list[int]
+
+
+KILL_DELAY_S = 1.0
+"""How long into the next round the run is killed (a round of these runs lasts several seconds)."""
+
+
+def run_killed_and_resumed(name: str, root: Path) -> ResumedRun:
+    """Start run ``name`` with --checkpoint, SIGKILL every process of it once round 1 is
+    checkpointed (KILL_DELAY_S into round 2), then run it again with --resume."""
+    import torch
+
+    cfg, command = _simulate_command(name, root)
+    home, out = root / name / "flwr-home", Path(cfg.out_dir)
+    first = subprocess.Popen(command + ["--checkpoint"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (out / "checkpoint.pt").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(KILL_DELAY_S)
+    victims = processes_mentioning(str(home))  # the launcher too: its command line names FLWR_HOME
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    first.wait(timeout=30)
+    for _ in range(100):  # the kernel reaps the rest (Ray's processes) shortly
+        if not (left := processes_mentioning(str(home))):
+            break
+        time.sleep(0.1)
+    rows = len(pd.read_csv(out / "metrics.csv")) if (out / "metrics.csv").exists() else 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True) if (out / "checkpoint.pt").exists() else {}
+    resumed = run_simulate(name, root, "--resume")
+    return ResumedRun(resumed, int(ckpt.get("server_round", 0)), rows, len(victims), left)
 
 
 def run_bench_smoke(root: Path) -> subprocess.CompletedProcess:
@@ -112,7 +181,12 @@ class RunPool:
     def _submit(self, name: str) -> Future:
         with self.lock:
             if name not in self.futures:
-                job = (run_bench_smoke, self.root) if name == "bench" else (run_simulate, name, self.root)
+                if name == "bench":
+                    job = (run_bench_smoke, self.root)
+                elif name.startswith("resume_"):
+                    job = (run_killed_and_resumed, name, self.root)
+                else:
+                    job = (run_simulate, name, self.root)
                 self.futures[name] = self.pool.submit(*job)
             return self.futures[name]
 

@@ -8,16 +8,21 @@ computations run in the same process, so there is no source of float differences
 """
 
 import json
+import re
 
 import pandas as pd
 import pytest
 
-from acp_flower.apps.executor import ClientRoundError
+from acp_flower.apps import server_app
 from acp_flower.apps.server_app import run_server
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import TIMING_COLUMNS
 from acp_flower.runners.local import run_experiment
+from acp_flower.runtime import ClientRoundError
+from acp_flower.runtime.checkpoint import CHECKPOINT_FILE
 from tests.integration.loopback import LoopbackGrid
+
+pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
 
 TINY = dict(dataset="synthetic", data_dir="", train_subset=192, test_subset=64, num_clients=3, rounds=2,
             batch_size=32, eval_batch_size=64, optimizer="adam", lr=1e-3, codec="acp", transport="flower")
@@ -38,7 +43,7 @@ def _run_loopback(cfg: ExperimentConfig, **grid_kw) -> tuple[pd.DataFrame, dict,
 
 
 def _local(cfg: ExperimentConfig) -> pd.DataFrame:
-    return run_experiment(cfg.replace(out_dir=""), None, progress=False)
+    return run_experiment(cfg.replace(out_dir="", checkpoint=False, resume=False), None, progress=False)
 
 
 @pytest.mark.parametrize("scheme,partition", [
@@ -80,6 +85,81 @@ def test_failing_client_skipped(tmp_path):
     [failure] = summary["failures"]
     assert (failure["server_round"], failure["client_id"]) == (1, 1)
     assert "failed on purpose" in failure["reason"]
+
+
+@pytest.mark.parametrize("scheme", ["vanilla", "splitfed_v2"])
+@pytest.mark.parametrize("kind", ["nan", "shape", "truncate"])
+def test_corrupted_upload_skipped_like_the_local_runner(tmp_path, scheme, kind):
+    # Prepare: client 1's first upload of round 1 is corrupted; the ServerApp's tail refuses it
+    cfg = _cfg(tmp_path, scheme=scheme, fail_client=1, fail_round=1, fail_kind=kind, on_client_error="skip")
+    # Execute
+    app, summary, _ = _run_loopback(cfg, num_actors=2, move_prob=0.5, seed=1)
+    local = _local(cfg)
+    # Assert: both drivers skip the same client for the same round, with the same results
+    cols = [c for c in local.columns if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
+    assert app["clients"].tolist() == [2, 3]
+    [failure] = summary["failures"]
+    assert (failure["server_round"], failure["client_id"]) == (1, 1)
+    assert failure["reason"].startswith("round 1, client 1, batch 0: ")
+
+
+def test_divergence_stops_both_drivers_with_the_same_error(tmp_path):
+    cfg = _cfg(tmp_path, scheme="vanilla", optimizer="sgd", lr=1e12)
+    with pytest.raises(ClientRoundError) as app_error:
+        _run_loopback(cfg)
+    with pytest.raises(ClientRoundError) as local_error:
+        _local(cfg)
+    assert str(app_error.value) == str(local_error.value)
+    assert re.search(r"round 1, client 0, batch \d+: non-finite", str(app_error.value))
+
+
+class _Crash(Exception):
+    """Stands in for the ServerApp process dying right after a checkpoint."""
+
+
+def _crash_after_checkpoint(monkeypatch, server_round: int) -> None:
+    save = server_app.save_checkpoint
+
+    def save_then_crash(out_dir, cfg, ckpt):
+        save(out_dir, cfg, ckpt)
+        if ckpt.server_round == server_round:
+            raise _Crash
+
+    monkeypatch.setattr(server_app, "save_checkpoint", save_then_crash)
+
+
+@pytest.mark.parametrize("scheme", ["vanilla", "splitfed_v1", "splitfed_v2"])
+def test_crashed_run_resumes_to_the_unbroken_metrics(tmp_path, monkeypatch, scheme):
+    # Prepare: the ServerApp dies right after checkpointing round 1 of 3
+    cfg = _cfg(tmp_path, scheme=scheme, rounds=3, checkpoint=True)
+    _crash_after_checkpoint(monkeypatch, 1)
+    with pytest.raises(_Crash):
+        _run_loopback(cfg, num_actors=2, move_prob=0.5, seed=1)
+    monkeypatch.undo()
+    assert (tmp_path / "app" / CHECKPOINT_FILE).exists()
+    # Execute: a new simulation (fresh contexts and caches) resumes from the checkpoint
+    app, summary, _ = _run_loopback(cfg.replace(resume=True), num_actors=2, move_prob=0.5, seed=2)
+    # Assert: the whole run's metrics equal an unbroken run's; the checkpoint is gone
+    local = _local(cfg)
+    cols = [c for c in local.columns if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(app[cols], local[cols], check_exact=True, check_dtype=False)
+    assert summary["status"] == "completed" and summary["resumed_after_round"] == 1
+    assert not (tmp_path / "app" / CHECKPOINT_FILE).exists()
+
+
+def test_resume_refuses_a_completed_run_and_a_changed_config(tmp_path, monkeypatch):
+    done = _cfg(tmp_path, rounds=1)
+    _run_loopback(done)
+    with pytest.raises(FileExistsError, match="holds a finished run; nothing to resume"):
+        _run_loopback(done.replace(resume=True))
+    crashed = _cfg(tmp_path, rounds=2, checkpoint=True, out_dir=str(tmp_path / "b"))
+    _crash_after_checkpoint(monkeypatch, 1)
+    with pytest.raises(_Crash):
+        _run_loopback(crashed)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"was made with a different config \(keys \['lr'\]\)"):
+        _run_loopback(crashed.replace(resume=True, lr=0.5))
 
 
 def test_failing_client_stops_run(tmp_path):

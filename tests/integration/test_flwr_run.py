@@ -14,8 +14,12 @@ import re
 import pandas as pd
 import pytest
 
+from acp_flower.metrics import TIMING_COLUMNS
 from acp_flower.runners.local import run_experiment
+from acp_flower.runtime.checkpoint import CHECKPOINT_FILE
 from tests.integration.flwr_runs import RunPool, processes_mentioning
+
+pytestmark = pytest.mark.slow
 
 BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients", "exchanges", "comm_s",
          "client_params_nonzero", "client_flops_sparse"]
@@ -101,6 +105,52 @@ def test_failing_client_skipped_for_the_round(runs):
     [failure] = summary["failures"]
     assert (failure["server_round"], failure["client_id"]) == (1, 1)
     assert failure["reason"] == "client 1 failed on purpose in round 1 (fail_client)"
+
+
+@pytest.mark.flwr_run("ray_nan_skip")
+def test_nan_upload_skipped_for_the_round(runs):
+    run = runs.get("ray_nan_skip")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.metrics["clients"].tolist() == [2, 3]
+    assert run.metrics[["test_loss", "train_loss"]].notna().all().all()
+    [failure] = run.summary["failures"]
+    assert (failure["server_round"], failure["client_id"]) == (1, 1)
+    assert failure["reason"] == "round 1, client 1, batch 0: payload values contain NaN or Inf"
+
+
+@pytest.mark.flwr_run("flower_hang_skip")
+def test_hanging_client_skipped_after_the_reply_timeout(runs):
+    run = runs.get("flower_hang_skip")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.metrics["clients"].tolist() == [2, 3]
+    [failure] = run.summary["failures"]
+    assert (failure["server_round"], failure["client_id"], failure["reason"]) == (1, 0, "no reply (timeout)")
+    assert run.metrics["wall_s"].iloc[0] >= 15.0  # the server waited the reply timeout, no longer
+
+
+def _assert_resumed_equals_unbroken(resumed) -> None:
+    run = resumed.run
+    assert run.returncode == 0, run.output[-3000:]
+    # killed during a round: at most that round is lost, nothing recorded past the checkpoint
+    assert resumed.killed >= 3 and resumed.left_after_kill == []
+    assert 1 <= resumed.checkpoint_round == resumed.rows_at_kill < run.cfg.rounds
+    assert run.summary["resumed_after_round"] == resumed.checkpoint_round
+    # the resumed metrics.csv is the unbroken run's (the local runner's: equal to flwr run's)
+    local = run_experiment(run.cfg.replace(out_dir=""), None, progress=False)
+    cols = [c for c in local.columns if c not in TIMING_COLUMNS]
+    pd.testing.assert_frame_equal(run.metrics[cols], local[cols], check_exact=True, check_dtype=False)
+    assert not (run.out_dir / CHECKPOINT_FILE).exists()  # removed once the run completed
+    assert not processes_mentioning(str(run.flwr_home))
+
+
+@pytest.mark.flwr_run("resume_ray")
+def test_ray_run_killed_mid_round_resumes_to_the_unbroken_metrics(runs):
+    _assert_resumed_equals_unbroken(runs.get("resume_ray"))
+
+
+@pytest.mark.flwr_run("resume_flower")
+def test_flower_run_killed_mid_round_resumes_to_the_unbroken_metrics(runs):
+    _assert_resumed_equals_unbroken(runs.get("resume_flower"))
 
 
 @pytest.mark.flwr_run("flower_stop")

@@ -1,6 +1,7 @@
 """``[tool.flwr.app]`` in pyproject.toml is generated from ExperimentConfig and cannot drift."""
 
 import tomllib
+
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 

@@ -47,6 +47,7 @@ def test_a_round_keeps_pruned_weights_at_zero_and_leaves_plain_weights():
     assert {id(p) for p in head.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
 
 
+@pytest.mark.slow
 def test_a_run_reaches_the_scheduled_sparsity_at_a_deeper_cut():
     # Prepare: cut after layer2; sparsity 0.25 in round 1, 0.5 from round 2
     cfg = ExperimentConfig(dataset="synthetic", train_subset=128, test_subset=64, num_clients=2, rounds=3,

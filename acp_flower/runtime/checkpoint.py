@@ -1,22 +1,26 @@
-"""Round-boundary checkpoints of a local run, so that a long run survives an interruption.
+"""Round-boundary checkpoints of a run, so that a long run survives an interruption.
 
 A checkpoint holds everything the next round reads: the strategy's global model, every
 client's head, optimizer, codec and RNG state, every tail slot with its optimizer, the
-global torch RNG and the metrics rows so far. Resuming from it gives the same metrics,
-bit for bit, as a run that was never interrupted (tests/test_checkpoint.py).
+global torch RNG of the driver's process, the metrics rows and the client faults so far.
+Resuming from it gives the same metrics, bit for bit, as a run that was never interrupted
+(local runner: tests/test_checkpoint.py; ``flwr run``: tests/integration/test_flwr_run.py).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from acp_flower.config import ExperimentConfig, config_diff
-from acp_flower.metrics import CHECKPOINT_FILE
+
+CHECKPOINT_FILE = "checkpoint.pt"
+"""In a run's out-dir: the state after its last finished round (while the run is unfinished)."""
 _FORMAT = 1
 
 
@@ -30,6 +34,8 @@ class Checkpoint:
     clients: dict[int, Any]
     tails: dict[int, Any]
     torch_rng: torch.Tensor
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The client faults so far (summary.json ``failures``)."""
 
 
 def save_checkpoint(out_dir: str | Path, cfg: ExperimentConfig, ckpt: Checkpoint) -> Path:
@@ -50,6 +56,9 @@ def load_checkpoint(out_dir: str | Path, cfg: ExperimentConfig) -> Checkpoint | 
     path = Path(out_dir) / CHECKPOINT_FILE
     if not path.exists():
         return None
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"checkpoint {path} is unreadable (not a file written by torch.save); "
+                         "delete it to start the run over")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a truncated or foreign file
