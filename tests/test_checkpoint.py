@@ -7,10 +7,10 @@ import pytest
 
 from acp_flower.config import ExperimentConfig
 from acp_flower.metrics import TIMING_COLUMNS
-from acp_flower.runners import checkpoint as ckpt_mod
 from acp_flower.runners import local
 from acp_flower.runners.local import run_experiment
 from acp_flower.runtime import Evaluator
+from acp_flower.runtime import checkpoint as ckpt_mod
 from acp_flower.runtime.checkpoint import CHECKPOINT_FILE
 
 TINY = dict(dataset="synthetic", train_subset=192, test_subset=96, num_clients=2, rounds=3, batch_size=32,
