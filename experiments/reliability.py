@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-flwr", action="store_true", help="local parts only (no flwr run)")
     args = parser.parse_args(argv)
+    # The flwr runs use one torch thread per process (as the integration tests); the local
+    # reference must too: float reductions, hence ACP-SL's masks and every later number,
+    # depend on the thread count.
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         root = Path(tmp)
         equal = None

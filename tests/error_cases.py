@@ -161,6 +161,12 @@ def _overrides(*items: str):
     return ExperimentConfig.from_dict({**TINY, **parse_overrides(list(items))})
 
 
+def _run_config(*items: str):
+    from acp_flower.apps.launch import resolve_run_config
+
+    return resolve_run_config(list(items))
+
+
 def _toml(tmp: Path):
     from acp_flower.config import ExperimentConfig
 
@@ -210,6 +216,10 @@ SYNTAX = [
     ("a config file that is not TOML", "--config my-run.toml (holding `rounds = = 2`)",
      _toml, lambda t: (t / "my-run.toml").write_text("rounds = = 2\n")),
     ("a config file that does not exist", "--config my-run.toml (absent)", _toml),
+    ("a malformed --run-config item", "acp-flower simulate --run-config 'rounds=2 codec'",
+     lambda t: _run_config("rounds=2 codec")),
+    ("an unknown --run-config key", "acp-flower simulate --run-config 'num-rounds=2'",
+     lambda t: _run_config("num-rounds=2")),
     ("an unknown --federation-config key", "--federation-config 'num-gpus=1'", lambda t: _federation("num-gpus=1")),
     ("zero SuperNodes", "--federation-config 'num-supernodes=0'", lambda t: _federation("num-supernodes=0")),
     ("a malformed --federation-config item", "--federation-config 'num-supernodes'",
