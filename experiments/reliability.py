@@ -103,18 +103,10 @@ def catalogue_figures(root: Path) -> tuple[list[str], dict[str, int]]:
     for case in error_cases.cases():
         tmp = root / f"case-{case.id}"
         tmp.mkdir()
-        if case.setup is not None:
-            case.setup(tmp)
-        before = {str(p): p.stat().st_mtime_ns for p in tmp.rglob("*") if p.is_file()}
-        try:
-            case.provoke(tmp)
-            error = None
-        except BaseException as exc:  # noqa: BLE001
-            error = error_cases.message(exc, tmp)
-        after = {str(p): p.stat().st_mtime_ns for p in tmp.rglob("*") if p.is_file()}
+        exc, untouched = error_cases.provoke(case, tmp)
         counts["tried"] += 1
-        counts["documented_error"] += error == documented.get(case.id)
-        counts["left_files"] += before != after
+        counts["documented_error"] += exc is not None and error_cases.message(exc, tmp) == documented.get(case.id)
+        counts["left_files"] += not untouched
     return [f"- tried: {counts['tried']}", f"- gave exactly their documented error: {counts['documented_error']}",
             f"- left files behind (out-dir or data-dir): {counts['left_files']}"], counts
 

@@ -283,15 +283,24 @@ def cases() -> list[Case]:
     return out
 
 
-def provoke(case: Case, tmp: Path) -> BaseException | None:
-    """Set the case up in ``tmp`` and run it; the exception it raised (None if it raised none)."""
+def provoke(case: Case, tmp: Path) -> tuple[BaseException | None, bool]:
+    """Set the case up in ``tmp`` and run it: the exception it raised (None if it raised none)
+    and whether it left the files under ``tmp`` as they were after the set-up."""
     if case.setup is not None:
         case.setup(tmp)
+    before = files(tmp)
     try:
         case.provoke(tmp)
+        error = None
     except BaseException as exc:  # noqa: BLE001 - what the user sees is the point
-        return exc
-    return None
+        error = exc
+    return error, files(tmp) == before
+
+
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and mtime: equal before and after a case = nothing written."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def message(exc: BaseException, tmp: Path) -> str:
@@ -335,7 +344,7 @@ if __name__ == "__main__":
     found = {}
     for case in cases():
         with tempfile.TemporaryDirectory() as tmp:
-            exc = provoke(case, Path(tmp))
+            exc, _ = provoke(case, Path(tmp))
             if exc is None:
                 sys.exit(f"{case.id} ({case.title}) raised no error")
             found[case.id] = message(exc, Path(tmp))

@@ -49,12 +49,12 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
     """
     _setup_logging()
     t0 = time.perf_counter()
+    checkpointing = cfg.checkpoint or cfg.resume
     if not cfg.out_dir:
-        if cfg.checkpoint or cfg.resume:
+        if checkpointing:
             raise ValueError("config keys 'checkpoint' and 'resume' need an out-dir (where checkpoint.pt lives)")
         log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
     strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before anything is written
-    checkpointing = cfg.checkpoint or cfg.resume
     ckpt = resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)
     recorder = RunRecorder(cfg.out_dir or None, cfg, overwrite=cfg.resume, resume_rows=ckpt.rows if ckpt else None)
     executor: FlowerExecutor | None = None

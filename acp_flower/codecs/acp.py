@@ -59,9 +59,8 @@ class AcpOptions:
             check(name, 0.0 <= getattr(self, name) < 1.0, "a ratio in [0, 1)")
         if not self.p_min <= self.p_base <= self.p_max:
             raise ValueError(
-                f"config keys 'p_min', 'p_base', 'p_max': need p_min <= p_base <= p_max, got p_min={self.p_min}, "
-                f"p_base={self.p_base}, "
-                f"p_max={self.p_max}"
+                f"config keys 'p_min', 'p_base', 'p_max': need p_min <= p_base <= p_max, "
+                f"got p_min={self.p_min}, p_base={self.p_base}, p_max={self.p_max}"
             )
 
 

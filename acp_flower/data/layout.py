@@ -108,11 +108,16 @@ _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
 """IDX magic numbers of uint8 images (3 dimensions) and uint8 labels (1 dimension)."""
 
 
+def _refetch(name: str) -> str:
+    """What to do about a corrupted file of dataset ``name`` (the end of every DatasetFileError)."""
+    return f"delete the dataset's directory and fetch it again (acp-flower data fetch {name})"
+
+
 def _idx_count(name: str, path: Path, ndim: int) -> int:
     """Items in the uint8 IDX file ``path`` after checking its header against its size."""
     size = path.stat().st_size
     header = 4 + 4 * ndim
-    refetch = _REFETCH.replace("NAME", name)
+    refetch = _refetch(name)
     with path.open("rb") as fh:
         head = fh.read(header)
     if len(head) < 4 or int.from_bytes(head[:4], "big") != _IDX_MAGIC[ndim]:
@@ -128,9 +133,6 @@ def _idx_count(name: str, path: Path, ndim: int) -> int:
     return dims[0]
 
 
-_REFETCH = "delete the dataset's directory and fetch it again (acp-flower data fetch NAME)"
-
-
 def check_idx_files(name: str, root: str | Path, *, train: bool) -> None:
     """Check the IDX files of one split of (Fashion-)MNIST before torchvision reads them.
 
@@ -143,7 +145,7 @@ def check_idx_files(name: str, root: str | Path, *, train: bool) -> None:
     labels = _idx_count(name, raw / f"{prefix}-labels-idx1-ubyte", 1)
     if images != labels:
         raise DatasetFileError(f"dataset files {raw}/{prefix}-*: {images} images but {labels} labels; "
-                               + _REFETCH.replace("NAME", name))
+                               + _refetch(name))
 
 
 def read_arrays(name: str, root: str | Path, *, train: bool) -> tuple[torch.Tensor, np.ndarray]:
@@ -171,7 +173,7 @@ def read_arrays(name: str, root: str | Path, *, train: bool) -> tuple[torch.Tens
             ds = CIFAR10NoMD5(root=root, train=train, download=False)
         except Exception as exc:  # torchvision unpickles the batches: any failure is a bad file
             raise DatasetFileError(f"dataset cifar10 in {dataset_dir(name, root)}: a batch file is unreadable "
-                                   f"({type(exc).__name__}: {exc}); " + _REFETCH.replace("NAME", name)) from exc
+                                   f"({type(exc).__name__}: {exc}); " + _refetch(name)) from exc
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     elif name in ("fashion-mnist", "mnist"):
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
