@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from acp_flower import codecs, exchanges, link, models  # noqa: F401  imported for their option declarations
-from acp_flower.codecs import list_codecs
+from acp_flower.codecs import get_codec, list_codecs
 from acp_flower.exchanges import list_exchanges
+from acp_flower.models import build_architecture, get_model, list_models
 from acp_flower.options import OptionGroup, UnusedOptionWarning, check, check_choice, option_groups
 
 DATASETS = ("cifar10", "fashion-mnist", "mnist", "synthetic")
@@ -29,8 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 TRANSPORTS = ("ray", "flower")
 ERROR_POLICIES = ("stop", "skip")
 FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "truncate")
-MODELS = ("resnet18",)
-SELECTORS: dict[str, Any] = {"codec": list_codecs, "exchange": list_exchanges}
+SELECTORS: dict[str, Any] = {"codec": list_codecs, "exchange": list_exchanges, "model": list_models}
 """Config keys that select a component, and the registry listing the names they allow."""
 
 
@@ -79,9 +79,11 @@ class GeneralConfig:
     """Passes over its partition each client makes per round."""
     # --- model / optimization ---
     model: str = "resnet18"
-    """Backbone; split into client head and server tail."""
+    """Backbone, split into client head and server tail: resnet18 or vit_tiny (its options:
+    acp_flower/models/<name>.py)."""
     cut_layer: int = 4
-    """Number of top-level ResNet modules on the client (4 = conv1, bn1, relu, maxpool)."""
+    """Where the model is cut: resnet18, top-level modules on the client (4 = conv1, bn1, relu,
+    maxpool; 1..9); vit_tiny, transformer blocks on the client (1..vit_depth - 1)."""
     batch_size: int = 128
     """Training mini-batch size."""
     eval_batch_size: int = 512
@@ -144,7 +146,6 @@ class GeneralConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("model", self.model, MODELS)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_choice("on_client_error", self.on_client_error, ERROR_POLICIES)
         _check_choice("fail_kind", self.fail_kind, FAULT_KINDS)
@@ -161,7 +162,6 @@ class GeneralConfig:
         _check("momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
         _check("weight_decay", self.weight_decay >= 0, "a number >= 0")
         _check("tail_num_gpus", self.tail_num_gpus >= 0, "a number >= 0")
-        _check("cut_layer", 1 <= self.cut_layer <= 9, "an integer in 1..9 (ResNet-18 top-level modules)")
         _check("stop_accuracy", 0.0 <= self.stop_accuracy <= 1.0, "a fraction in [0, 1] (0 = run every round)")
         _check("target_accuracies", all(0 < t <= 1 for t in self.target_accuracies),
                "fractions in (0, 1], e.g. [0.65, 0.75]")
@@ -171,9 +171,16 @@ class GeneralConfig:
                "an absolute path (the Flower app runs from a copy of the project)")
 
     def _check_options(self) -> None:
-        """Validate every group (its ``__post_init__``); warn about set options that have no effect."""
+        """Validate every group (its ``__post_init__``) and the model's cut; warn about set options
+        that have no effect."""
         for group in self._groups:
             group.cls(**{key: getattr(self, key) for key in group.keys})
+        build_architecture(self).check_cut(self.cut_layer)
+        if get_codec(self.codec).needs_attention and not get_model(self.model).provides_attention:
+            with_attention = [m for m in list_models() if get_model(m).provides_attention]
+            raise ValueError(f"config key 'codec': {self.codec!r} needs a model with attention, and model = "
+                             f"{self.model!r} has none; use model = one of {', '.join(with_attention)}")
+        for group in self._groups:
             if group.kind and getattr(self, group.kind) != group.name:
                 unused = [f"{f.name} = {getattr(self, f.name)!r}" for f in fields(group.cls)
                           if getattr(self, f.name) != f.default]

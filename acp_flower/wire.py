@@ -6,6 +6,7 @@ Layout of a serialized payload (little endian)::
     [mask]    ceil(N/8) bytes, bit-packed channel mask (N = shape[1])
     [indices] dtype code u8 | k u32 | B*k indices (smallest unsigned type that fits)
     [labels]  dtype code u8 | B labels (uint8 / uint16 / uint32)
+    [counts]  dtype code u8 | classes u32 | B x classes label counts (merged samples, instead of labels)
     [quant]   bits u8 | groups u32 | scale: groups x f32 | offset: groups x f32
     [dropout] seed u64 | p f64 | rescale u8
     values    float32, or quantization codes bit-packed at `bits` bits each
@@ -26,7 +27,7 @@ import torch
 
 MAGIC = b"ACPW"
 VERSION = 1
-_F_MASK, _F_INDICES, _F_LABELS, _F_QUANT, _F_DROP = 1, 2, 4, 8, 16
+_F_MASK, _F_INDICES, _F_LABELS, _F_QUANT, _F_DROP, _F_COUNTS = 1, 2, 4, 8, 16, 32
 _DROP_BITS = 64 + 64 + 1  # seed, p, rescale flag
 _UINTS = (np.uint8, np.uint16, np.uint32)
 FLOAT_BITS = 32
@@ -71,6 +72,11 @@ class Payload:
     means ``values`` are integer codes of uniform quantization with per-group ``scale``
     and ``offset`` (one group, or one per channel). With ``dropout``, ``values`` holds
     only the kept ones of those values (see ``Dropout``).
+
+    Labels are ``labels`` (B class indices) or, for a batch of merged samples (ADC),
+    ``label_counts`` (B x classes: how many members of each class a merged sample has).
+    ``source_shape`` is client-side bookkeeping, never on the wire: the shape of the smashed
+    data the codec made this payload from, when it sends fewer samples or tokens than that.
     """
 
     shape: tuple[int, ...]
@@ -82,6 +88,8 @@ class Payload:
     scale: torch.Tensor | None = None
     offset: torch.Tensor | None = None
     dropout: Dropout | None = None
+    label_counts: torch.Tensor | None = None
+    source_shape: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -97,8 +105,8 @@ class Payload:
 
     @property
     def kept_fraction(self) -> float:
-        """Fraction of the dense elements whose values travel."""
-        return self.values.numel() / self.dense_numel
+        """Fraction of the dense elements (of ``source_shape``, when known) whose values travel."""
+        return self.values.numel() / math.prod(self.source_shape or self.shape)
 
     @property
     def codec_numel(self) -> int:
@@ -228,6 +236,8 @@ def ideal_bits(payload: Payload, num_classes: int) -> int:
         total += 2 * FLOAT_BITS * payload.scale.numel()
     if payload.labels is not None:
         total += payload.labels.numel() * max(1, math.ceil(math.log2(max(num_classes, 2))))
+    if payload.label_counts is not None:  # a count is at most the members of the whole batch
+        total += payload.label_counts.numel() * max(1, math.ceil(math.log2(int(payload.label_counts.sum()) + 1)))
     if payload.dropout is not None:
         total += _DROP_BITS  # seed, p and the rescale flag: the receiver draws the mask itself
     return total
@@ -268,7 +278,9 @@ def to_bytes(payload: Payload) -> bytes:
     """Serialize a payload (tensors are moved to CPU)."""
     flags = ((payload.channel_mask is not None) * _F_MASK | (payload.indices is not None) * _F_INDICES
              | (payload.labels is not None) * _F_LABELS | (payload.bits > 0) * _F_QUANT
-             | (payload.dropout is not None) * _F_DROP)
+             | (payload.dropout is not None) * _F_DROP | (payload.label_counts is not None) * _F_COUNTS)
+    if payload.labels is not None and payload.label_counts is not None:
+        raise PayloadError("a payload carries labels or label counts, not both")
     parts = [MAGIC, struct.pack("<BBB", VERSION, flags, len(payload.shape)),
              struct.pack(f"<{len(payload.shape)}I", *payload.shape)]
     if payload.channel_mask is not None:
@@ -283,6 +295,13 @@ def to_bytes(payload: Payload) -> bytes:
             raise PayloadError("labels must be non-negative")
         code = _uint_code(int(labels.max()) if labels.size else 0)
         parts.append(struct.pack("<B", code) + labels.astype(np.dtype(_UINTS[code]).newbyteorder("<")).tobytes())
+    if payload.label_counts is not None:
+        counts = payload.label_counts.cpu().numpy()
+        if counts.ndim != 2 or counts.shape[0] != payload.batch_size or (counts.size and counts.min() < 0):
+            raise PayloadError(f"label counts must be non-negative, batch x classes; got shape {counts.shape}")
+        code = _uint_code(int(counts.max()) if counts.size else 0)
+        parts.append(struct.pack("<BI", code, counts.shape[1])
+                     + counts.astype(np.dtype(_UINTS[code]).newbyteorder("<")).tobytes())
     if payload.bits:
         assert payload.scale is not None and payload.offset is not None
         parts.append(struct.pack("<BI", payload.bits, payload.scale.numel()))
@@ -321,13 +340,14 @@ def from_bytes(data: bytes) -> Payload:
     version, flags, ndim = r.unpack("<BBB", "header")
     if version != VERSION:
         raise PayloadError(f"unsupported payload version {version} (expected {VERSION})")
-    if flags & ~(_F_MASK | _F_INDICES | _F_LABELS | _F_QUANT | _F_DROP) or (flags & _F_MASK and flags & _F_INDICES):
+    if (flags & ~(_F_MASK | _F_INDICES | _F_LABELS | _F_QUANT | _F_DROP | _F_COUNTS)
+            or (flags & _F_MASK and flags & _F_INDICES) or (flags & _F_LABELS and flags & _F_COUNTS)):
         raise PayloadError(f"invalid flags {flags:#x}")
     if not 2 <= ndim <= 8:
         raise PayloadError(f"invalid number of dimensions {ndim}")
     shape = tuple(r.unpack(f"<{ndim}I", "shape"))
     batch, sample_numel = shape[0], math.prod(shape[1:])
-    mask = indices = labels = scale = offset = None
+    mask = indices = labels = counts = scale = offset = None
     count = math.prod(shape)
     if flags & _F_MASK:
         n_ch = shape[1]
@@ -349,6 +369,13 @@ def from_bytes(data: bytes) -> Payload:
             raise PayloadError(f"invalid label dtype code {code}")
         dtype = np.dtype(_UINTS[code]).newbyteorder("<")
         labels = torch.from_numpy(np.frombuffer(r.take(batch * dtype.itemsize, "labels"), dtype).astype(np.int64))
+    if flags & _F_COUNTS:
+        code, classes = r.unpack("<BI", "label count header")
+        if code >= len(_UINTS) or not 1 <= classes <= 1 << 16:
+            raise PayloadError(f"invalid label count section (dtype code {code}, classes={classes})")
+        dtype = np.dtype(_UINTS[code]).newbyteorder("<")
+        raw_counts = r.take(batch * classes * dtype.itemsize, "label counts")
+        counts = torch.from_numpy(np.frombuffer(raw_counts, dtype).astype(np.int64).reshape(batch, classes))
     nbits = 0
     if flags & _F_QUANT:
         nbits, groups = r.unpack("<BI", "quantization header")
@@ -374,4 +401,4 @@ def from_bytes(data: bytes) -> Payload:
         values = torch.from_numpy(np.frombuffer(raw, "<f4").astype(np.float32))
         if not torch.isfinite(values).all():
             raise PayloadError("payload values contain NaN or Inf")
-    return Payload(shape, values, mask, indices, labels, nbits, scale, offset, dropout)
+    return Payload(shape, values, mask, indices, labels, nbits, scale, offset, dropout, counts)

@@ -16,7 +16,7 @@ from strategies import get_strategy
     "changes, message",
     [
         ({"dataset": "imagenet"}, r"'dataset'.*allowed: cifar10, fashion-mnist, mnist, synthetic"),
-        ({"codec": "zip"}, r"'codec'.*allowed: acp, quantize, randtopk, standard"),
+        ({"codec": "zip"}, r"'codec'.*allowed: acp, adc, quantize, randtopk, standard"),
         ({"partition": "random"}, r"'partition'.*allowed: iid, dirichlet, shard, pathological"),
         ({"acp_scoring": "l1"}, r"'acp_scoring'.*allowed: lcis, l0, random"),
         ({"acp_ratio": "auto"}, r"'acp_ratio'.*allowed: adaptive, fixed, random"),

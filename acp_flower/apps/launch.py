@@ -37,6 +37,7 @@ from typing import Any
 import tomli_w
 
 from acp_flower.config import ExperimentConfig
+from acp_flower.runtime import check_model
 from strategies import get_strategy
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -148,6 +149,7 @@ def resolve_run_config(items: list[str] | None, cwd: Path | None = None) -> dict
         values["out-dir"] = str((cwd / str(values["out-dir"])).resolve())
     cfg = ExperimentConfig.from_run_config({**defaults, **values})  # unknown keys, bad values: ValueError
     get_strategy(cfg.scheme)  # an unknown scheme too, before a SuperLink starts
+    check_model(cfg)  # and a model or codec that cannot work on the dataset
     return values
 
 

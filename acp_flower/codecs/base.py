@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from torch import nn
 
 from acp_flower.options import ComponentConfig, Registry
 from acp_flower.wire import Payload, like
@@ -33,11 +34,19 @@ class Codec(ABC):
     """
 
     name: ClassVar[str]
+    needs_attention: ClassVar[bool] = False
+    """The codec reads the head's ``cls_attention`` (see ``attach``); the config then requires
+    a model that provides it."""
 
     def __init__(self, options: Any = None, *, total_steps: int = 1, seed: int = 0) -> None:
         self.options = options
         self.total_steps = max(1, int(total_steps))
         self.generator = torch.Generator().manual_seed(seed)
+
+    def attach(self, head: nn.Module, sample_shape: tuple[int, ...], num_classes: int) -> None:  # noqa: B027
+        """Pair the codec with the client head whose smashed data it will encode (one sample's
+        shape: ``sample_shape``), before any training; raise ``ValueError`` naming the config key
+        that makes the pair unusable. Default: nothing to do (an optional hook)."""
 
     @abstractmethod
     def encode(self, smashed: torch.Tensor, labels: torch.Tensor | None = None, *, train: bool = True) -> Payload:

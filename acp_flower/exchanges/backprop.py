@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from acp_flower.exchanges.base import ClientSide, Exchange, Send, ServerSide, register_exchange, train_tail
+from acp_flower.exchanges.base import ClientSide, Exchange, Send, ServerSide, register_exchange, targets, train_tail
 from acp_flower.options import check
 from acp_flower.wire import Payload, like
 
@@ -49,5 +49,5 @@ class BackpropExchange(Exchange):
 
     def server_step(self, server: ServerSide, payload: Payload) -> Payload:
         x = payload.to_dense().to(server.device, non_blocking=True).requires_grad_()
-        train_tail(server, x, payload.labels.to(server.device, non_blocking=True))
+        train_tail(server, x, targets(payload).to(server.device, non_blocking=True))
         return like(payload, x.grad, bits=self.down_bits)

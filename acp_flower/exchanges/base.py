@@ -76,8 +76,9 @@ class Exchange(ABC):
     def __init__(self, options: Any = None) -> None:
         self.options = options
 
-    def client_model(self, head: nn.Module, *, smashed_channels: int, num_classes: int) -> nn.Module:
-        """The model the client trains: ``head`` itself, or ``head`` plus modules of this exchange.
+    def client_model(self, head: nn.Module, *, smashed_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """The model the client trains: ``head`` itself, or ``head`` plus modules of this exchange
+        (``smashed_shape``: one sample's smashed data, C x H x W or, for a ViT, D x tokens).
 
         Its ``state_dict`` is what strategies hand between clients and average.
         """
@@ -101,15 +102,23 @@ class Exchange(ABC):
         """Train on one received upload; the reply payload, or None when nothing goes back."""
 
 
+def targets(payload: Payload) -> torch.Tensor:
+    """What the tail trains an upload against: its labels, or the label counts of merged samples."""
+    return payload.labels if payload.label_counts is None else payload.label_counts
+
+
 def train_tail(server: ServerSide, x: torch.Tensor, y: torch.Tensor) -> None:
     """One optimizer step of the tail on (x, y) with the true loss (cross-entropy).
 
+    ``y`` holds class indices (B), or label counts (C x classes) of merged samples (ADC):
+    then each merged sample's target is its members' averaged one-hot label and the loss is
+    the soft-target cross-entropy, averaged over the merged samples (as the ADC authors' code).
     The divergence guard runs before the step: a non-finite loss, or gradient w.r.t. ``x``
     (when ``x`` requires one), raises ``NonFiniteError`` and leaves the tail unchanged.
     """
     server.tail.train()
     logits = server.tail(x)
-    loss = F.cross_entropy(logits, y)
+    loss = F.cross_entropy(logits, y if y.dim() == 1 else y.float() / y.sum(1, keepdim=True))
     server.record(loss, logits, y)
     server.optimizer.zero_grad(set_to_none=True)
     loss.backward()

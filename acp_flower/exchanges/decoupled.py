@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acp_flower.exchanges.base import ClientSide, Exchange, Send, ServerSide, register_exchange, train_tail
+from acp_flower.exchanges.base import ClientSide, Exchange, Send, ServerSide, register_exchange, targets, train_tail
 from acp_flower.options import check_choice
 from acp_flower.wire import Payload, PayloadError
 
@@ -41,8 +41,28 @@ def conv_mlp_aux(channels: int, num_classes: int, hidden: int = 256) -> nn.Modul
     )
 
 
+class ClsToken(nn.Module):
+    """The CLS token (token 0) of ViT smashed data B x D x T."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, 0]
+
+
+def token_linear_aux(width: int, num_classes: int) -> nn.Module:
+    """ViT smashed data: LayerNorm + linear classifier on the CLS token (what a ViT's own head does)."""
+    return nn.Sequential(ClsToken(), nn.LayerNorm(width), nn.Linear(width, num_classes))
+
+
+def token_mlp_aux(width: int, num_classes: int, hidden: int = 256) -> nn.Module:
+    """ViT smashed data: LayerNorm + the 3-layer MLP of ``conv_mlp_aux`` on the CLS token."""
+    return nn.Sequential(ClsToken(), nn.LayerNorm(width), nn.Linear(width, hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
 AUX_HEADS: dict[str, Callable[[int, int], nn.Module]] = {"conv_mlp": conv_mlp_aux, "linear": linear_aux}
 """Auxiliary classifiers by name (config key ``aux_head``): builder(smashed channels, classes)."""
+TOKEN_AUX_HEADS: dict[str, Callable[[int, int], nn.Module]] = {"conv_mlp": token_mlp_aux, "linear": token_linear_aux}
+"""The same for token smashed data (D x T, a ViT's): no convolutions, the CLS token's classifier."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +105,10 @@ class DecoupledExchange(Exchange):
     def __init__(self, options: DecoupledOptions | None = None) -> None:
         super().__init__(options or DecoupledOptions())
 
-    def client_model(self, head: nn.Module, *, smashed_channels: int, num_classes: int) -> nn.Module:
-        aux = AUX_HEADS[self.options.aux_head](smashed_channels, num_classes)
+    def client_model(self, head: nn.Module, *, smashed_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        if len(smashed_shape) == 2:  # tokens (ViT)
+            return AuxClientModel(head, TOKEN_AUX_HEADS[self.options.aux_head](smashed_shape[0], num_classes))
+        aux = AUX_HEADS[self.options.aux_head](smashed_shape[0], num_classes)
         return AuxClientModel(head, aux.to(memory_format=torch.channels_last))  # as the head: NHWC on CPU
 
     def head(self, model: nn.Module) -> nn.Module:
@@ -113,5 +135,5 @@ class DecoupledExchange(Exchange):
 
     def server_step(self, server: ServerSide, payload: Payload) -> None:
         x = payload.to_dense().to(server.device, non_blocking=True)  # detached: no gradient goes back
-        train_tail(server, x, payload.labels.to(server.device, non_blocking=True))
+        train_tail(server, x, targets(payload).to(server.device, non_blocking=True))
         return None

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from acp_flower.models.registry import Architecture, SplitModel, register_model, smashed_shape
+
 # Top-level children of torchvision's ResNet, in forward order; ``forward`` flattens
 # between avgpool and fc, which the tail reproduces with an explicit nn.Flatten.
 RESNET_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
-
-
-@dataclass
-class SplitModel:
-    """A head (client side) and a tail (server side) whose composition is the full model."""
-
-    head: nn.Sequential
-    tail: nn.Sequential
 
 
 def build_resnet18(num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -66,11 +58,18 @@ def split_resnet18(num_classes: int, in_channels: int = 3, cut_layer: int = 4) -
     return split_model(model, cut_layer)
 
 
-def smashed_shape(head: nn.Module, in_channels: int, image_size: int) -> torch.Size:
-    """Shape (N, H, W) of one sample's smashed data out of ``head`` (run once, in eval mode)."""
-    with torch.no_grad():
-        was_training = head.training
-        head.eval()
-        out = head(torch.zeros(1, in_channels, image_size, image_size))
-        head.train(was_training)
-    return out.shape[1:]
+@register_model("resnet18")
+class ResNet18(Architecture):
+    """torchvision's ResNet-18, cut after ``cut_layer`` top-level modules (4 = the paper's:
+    conv1, bn1, relu, maxpool on the client; smashed data 64 x 8 x 8 for 32 x 32 inputs)."""
+
+    cut_what = "top-level modules"
+
+    def cut_range(self) -> tuple[int, int]:
+        return 1, len(RESNET_CHILDREN) - 1
+
+    def build(self, num_classes: int, in_channels: int, image_size: int, cut_layer: int) -> SplitModel:
+        return split_resnet18(num_classes, in_channels, cut_layer)
+
+
+__all__ = ["ResNet18", "SplitModel", "build_resnet18", "smashed_shape", "split_model", "split_resnet18"]

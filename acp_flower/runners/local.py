@@ -27,6 +27,7 @@ from acp_flower.runtime import (
     TailStoreExecutor,
     build_client,
     build_evaluator,
+    check_model,
     initial_states,
     resolve_device,
 )
@@ -94,6 +95,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     ``resume`` restarts an unfinished run and refuses a finished one.
     """
     strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before any work
+    check_model(cfg)  # and so does a model or codec that cannot work on this dataset
     if cfg.fail_client >= 0 and cfg.fail_kind == "hang":
         raise ValueError("config key 'fail_kind': 'hang' needs a reply timeout, which only the Flower app has "
                          "(acp-flower simulate); in this process a hang would block the run")

@@ -22,6 +22,7 @@ from acp_flower.guard import NonFiniteError, check_finite
 from acp_flower.models.pruning import HeadPruner
 from acp_flower.runtime.common import (
     StateDict,
+    attach_codec,
     build_client_model,
     clone_state,
     flatten_optimizer,
@@ -30,7 +31,7 @@ from acp_flower.runtime.common import (
 )
 from acp_flower.runtime.faults import CORRUPTIONS, ClientFailure, corrupt, hang, locate
 from acp_flower.runtime.protocol import ClientTask
-from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats
+from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats, train_stats
 from acp_flower.seeds import derive_seed
 from acp_flower.wire import Payload, PayloadError, from_bytes, ideal_bits, to_bytes
 
@@ -52,6 +53,7 @@ class ClientRuntime:
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.codec, self.dataset, self.num_classes = codec, dataset, num_classes
         self.exchange = exchange if exchange is not None else build_exchange(cfg)
+        attach_codec(cfg, codec, self.exchange.head(self.model))
         self.rng_state = torch.Generator().manual_seed(derive_seed(cfg.seed, 2, client_id)).get_state()
         self.local_stats = ServerStats()
         self.dropout = ActivationDropout(cfg.options("act_dropout"), cfg.seed, client_id)
@@ -129,7 +131,8 @@ class ClientRuntime:
         check_finite("smashed data", smashed.detach())
         payload = self.dropout(self.codec.encode(smashed, labels, train=True), self.server_round, self.round_step)
         self.round_step += 1
-        payload = replace(payload, labels=labels.cpu())
+        if payload.label_counts is None:  # merged samples (ADC) carry label counts instead
+            payload = replace(payload, labels=labels.cpu())
         up = to_bytes(payload)
         if self.faulty and self.round_step == 1 and self.cfg.fail_kind in CORRUPTIONS:
             up = corrupt(self.cfg.fail_kind, payload, up)  # the fail_kind testing aid
@@ -147,8 +150,7 @@ class ClientRuntime:
     @torch.no_grad()
     def record_local(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         check_finite("client loss", loss)
-        batch = labels.numel()
-        self.local_stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
+        self.local_stats += train_stats(loss, logits, labels)
 
     # ------------------------------------------------------------ data
     def _batches(self, server_round: int, epoch: int) -> Iterator:

@@ -7,10 +7,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from acp_flower.codecs import Codec, build_codec
 from acp_flower.config import ExperimentConfig
 from acp_flower.data import dataset_info
 from acp_flower.exchanges import Exchange, build_exchange
-from acp_flower.models.resnet import SplitModel, smashed_shape, split_resnet18
+from acp_flower.models import SplitModel, build_architecture, smashed_shape
 from acp_flower.seeds import derive_seed
 
 StateDict = dict[str, torch.Tensor]
@@ -33,18 +34,33 @@ def make_optimizer(cfg: ExperimentConfig, params: Iterable[torch.nn.Parameter]) 
 
 
 def build_split(cfg: ExperimentConfig) -> SplitModel:
-    """The split model for the config's dataset (random init from the current RNG)."""
+    """The config's model (``model``, registry of ``acp_flower.models``) for its dataset, split at
+    ``cut_layer`` (random init from the current RNG)."""
     info = dataset_info(cfg.dataset)
-    return split_resnet18(info.num_classes, info.in_channels, cfg.cut_layer)
+    return build_architecture(cfg).build(info.num_classes, info.in_channels, info.image_size, cfg.cut_layer)
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """Build the config's split model and pair its codec with the head once, so that what only
+    the model can tell (a patch that does not tile the dataset's images, more ``adc_tokens``
+    than the head produces) raises its ``ValueError`` before any data is loaded or written."""
+    exchange = build_exchange(cfg)
+    attach_codec(cfg, build_codec(cfg), exchange.head(client_model_of(cfg, exchange, _seeded_split(cfg).head)))
+
+
+def attach_codec(cfg: ExperimentConfig, codec: Codec, head: nn.Module) -> None:
+    """``codec.attach`` to ``head`` with its smashed-data shape and the dataset's classes."""
+    info = dataset_info(cfg.dataset)
+    codec.attach(head, tuple(smashed_shape(head, info.in_channels, info.image_size)), info.num_classes)
 
 
 def client_model_of(cfg: ExperimentConfig, exchange: Exchange, head: nn.Module) -> nn.Module:
     """``head`` wrapped into the exchange's client model; its own modules are seeded (stream 8)."""
     info = dataset_info(cfg.dataset)
-    channels = smashed_shape(head, info.in_channels, info.image_size)[0]
+    shape = tuple(smashed_shape(head, info.in_channels, info.image_size))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, 8))
-        return exchange.client_model(head, smashed_channels=channels, num_classes=info.num_classes)
+        return exchange.client_model(head, smashed_shape=shape, num_classes=info.num_classes)
 
 
 def _seeded_split(cfg: ExperimentConfig) -> SplitModel:

@@ -15,7 +15,7 @@ from acp_flower.config import ExperimentConfig
 from acp_flower.data import PreparedData, TensorImageDataset, dataset_info, seeded_subset
 from acp_flower.exchanges import build_exchange
 from acp_flower.models import model_cost
-from acp_flower.runtime.common import StateDict, build_split, client_model_of
+from acp_flower.runtime.common import StateDict, attach_codec, build_split, client_model_of
 
 
 @torch.no_grad()
@@ -67,6 +67,7 @@ class Evaluator:
         self.tail = split.tail.to(device)
         self.codec = build_codec(cfg)
         info = dataset_info(cfg.dataset)
+        attach_codec(cfg, self.codec, self.exchange.head(self.model))
         self.sample = torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
         self.loader = DataLoader(test_set, batch_size=cfg.eval_batch_size, shuffle=False)
         self.calibration = None if calibration_set is None else DataLoader(

@@ -8,7 +8,7 @@ from acp_flower.config import ExperimentConfig
 from acp_flower.data import dataset_info
 from acp_flower.exchanges import Exchange, build_exchange
 from acp_flower.guard import check_finite
-from acp_flower.models.resnet import smashed_shape
+from acp_flower.models import smashed_shape
 from acp_flower.runtime.common import (
     StateDict,
     build_split,
@@ -17,7 +17,7 @@ from acp_flower.runtime.common import (
     make_optimizer,
     unflatten_optimizer,
 )
-from acp_flower.runtime.stats import ServerStats
+from acp_flower.runtime.stats import ServerStats, train_stats
 from acp_flower.wire import Payload, PayloadError, from_bytes, to_bytes
 
 
@@ -31,12 +31,13 @@ class ServerRuntime:
 
     def __init__(self, tail: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  exchange: Exchange | None = None, *, sample_shape: tuple[int, ...] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, token_axis: int | None = None) -> None:
         self.tail, self.optimizer, self.device = tail.to(device), optimizer, device
         self.exchange = exchange if exchange is not None else build_exchange(ExperimentConfig())
         self.sample_shape, self.num_classes = sample_shape, num_classes
-        """What a well-formed upload holds: one sample's smashed-data shape, labels < num_classes
-        (None = not checked)."""
+        self.token_axis = token_axis
+        """What a well-formed upload holds: one sample's smashed-data shape (with 1..all entries
+        along ``token_axis``, when the model has one), labels < num_classes (None = not checked)."""
         self.stats = ServerStats()
         self.prune_trace: list[float] | None = None
         """Set to a list to collect the pruned fraction of every upload (``pop_prune_trace``)."""
@@ -52,22 +53,42 @@ class ServerRuntime:
 
     def check_upload(self, payload: Payload) -> None:
         """Refuse an upload the tail cannot train on, naming what is wrong (``PayloadError``)."""
-        if payload.labels is None:
+        if payload.labels is None and payload.label_counts is None:
             raise PayloadError("smashed-data payload carries no labels")
-        if self.sample_shape is not None and tuple(payload.shape[1:]) != tuple(self.sample_shape):
+        if self.sample_shape is not None and not self._fits(tuple(payload.shape[1:])):
+            tokens = "" if self.token_axis is None else f", at most {self.sample_shape[self.token_axis]} along axis " \
+                                                         f"{self.token_axis + 1}"
             raise PayloadError(f"smashed-data payload of shape {tuple(payload.shape)}; the model's cut gives "
-                               f"(batch, {', '.join(map(str, self.sample_shape))})")
+                               f"(batch, {', '.join(map(str, self.sample_shape))}){tokens}")
+        if payload.label_counts is not None:
+            counts = payload.label_counts
+            if counts.shape[0] != payload.batch_size or (self.num_classes is not None
+                                                         and counts.shape[1] != self.num_classes):
+                raise PayloadError(f"payload carries label counts of shape {tuple(counts.shape)} for a batch of "
+                                   f"{payload.batch_size} and {self.num_classes} classes")
+            if counts.numel() and int(counts.sum(1).min()) < 1:
+                raise PayloadError("payload carries a merged sample with no labels (a row of zero label counts)")
+            return
         if payload.labels.numel() != payload.batch_size:
             raise PayloadError(f"payload carries {payload.labels.numel()} labels for a batch of {payload.batch_size}")
         if self.num_classes is not None and payload.labels.numel() and int(payload.labels.max()) >= self.num_classes:
             raise PayloadError(f"label {int(payload.labels.max())} out of range for {self.num_classes} classes")
 
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        full = tuple(self.sample_shape)
+        if self.token_axis is None or len(shape) != len(full):
+            return shape == full
+        axis = self.token_axis
+        return shape[:axis] + shape[axis + 1:] == full[:axis] + full[axis + 1:] and 1 <= shape[axis] <= full[axis]
+
     @torch.no_grad()
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch's training loss and accuracy (``ServerSide``, for exchanges); guards the loss."""
+        """Add a batch's training loss and accuracy (``ServerSide``, for exchanges); guards the loss.
+
+        ``labels`` are class indices (B), or label counts (C x classes) of merged samples: then
+        every member counts, judged by its merged sample's prediction (``train_stats``)."""
         check_finite("loss (server)", loss)
-        batch = labels.numel()
-        self.stats += ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
+        self.stats += train_stats(loss, logits, labels)
 
     def pop_stats(self) -> ServerStats:
         """Training totals since the last call."""
@@ -104,7 +125,7 @@ def build_server(cfg: ExperimentConfig, device: torch.device) -> ServerRuntime:
     tail = split.tail.to(device)
     return ServerRuntime(tail, make_optimizer(cfg, tail.parameters()), device, build_exchange(cfg),
                          sample_shape=tuple(smashed_shape(split.head, info.in_channels, info.image_size)),
-                         num_classes=info.num_classes)
+                         num_classes=info.num_classes, token_axis=split.token_axis)
 
 
 class TailSlots:

@@ -59,6 +59,22 @@ class ServerStats:
         return self.correct / self.samples if self.samples else float("nan")
 
 
+def train_stats(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> ServerStats:
+    """A training batch's ``ServerStats``.
+
+    ``labels`` are class indices (B): ``loss`` (the batch mean) times B, and the correct
+    predictions. Or label counts (C x classes) of C merged samples (ADC): every member is a
+    sample, judged by the prediction for its merged sample, so the loss sum is the members'
+    cross-entropy against that prediction and a member is correct when the prediction is its label.
+    """
+    if labels.dim() == 1:
+        batch = labels.numel()
+        return ServerStats(float(loss) * batch, int((logits.argmax(1) == labels).sum()), batch)
+    counts = labels.to(logits.dtype)
+    loss_sum = float(-(counts * torch.log_softmax(logits.detach(), dim=1)).sum())
+    return ServerStats(loss_sum, int(labels.gather(1, logits.argmax(1, keepdim=True)).sum()), int(labels.sum()))
+
+
 @dataclass
 class ClientResult:
     """What a client reports after its local training in a round."""

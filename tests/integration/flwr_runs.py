@@ -59,6 +59,13 @@ RUNS: dict[str, tuple[dict, str]] = {
     "flower_fedsl": (dict(scheme="splitfed_v1", transport="flower", codec="standard", act_dropout=0.5,
                           down_quantize_bits=8, head_prune_sparsity=0.5, link_heterogeneity=0.5),
                      "client-resources-num-cpus=1"),
+    # the small ViT with ADC (merged batches, soft labels, token selection), one run per transport
+    "ray_vit_adc": (dict(scheme="splitfed_v1", model="vit_tiny", vit_depth=2, vit_embed_dim=32, vit_heads=2,
+                         vit_patch_size=8, cut_layer=1, codec="adc", adc_batch_ratio=0.5, adc_tokens=5),
+                    "client-resources-num-cpus=1"),
+    "flower_vit_adc": (dict(scheme="vanilla", transport="flower", model="vit_tiny", vit_depth=2, vit_embed_dim=32,
+                            vit_heads=2, vit_patch_size=8, cut_layer=1, codec="adc", adc_batch_ratio=0.25,
+                            adc_tokens=3), "client-resources-num-cpus=1"),
 }
 RUN_TIMEOUT_S = 600
 BENCH_SMOKE = ["--rounds", "1", "--clients", "2", "--train-subset", "128", "--batch-size", "32", "--threads", "1"]

@@ -94,6 +94,21 @@ def test_flower_transport_lightweight_fedsl_equals_local(runs):
     assert metrics["mean_prune_ratio"].between(0.4, 0.6).all()  # half of the values dropped
 
 
+@pytest.mark.flwr_run("ray_vit_adc")
+def test_ray_transport_vit_adc_equals_local(runs):
+    run = runs.get("ray_vit_adc")
+    _assert_same_as_local(run)
+    # half the batch merged, 5 of 17 tokens: about 0.5 * 5 / 17 of the values travel
+    assert run.metrics["mean_prune_ratio"].between(0.8, 0.9).all()
+
+
+@pytest.mark.flwr_run("flower_vit_adc")
+def test_flower_transport_vit_adc_equals_local(runs):
+    run = runs.get("flower_vit_adc")
+    _assert_same_as_local(run)
+    assert run.metrics["mean_prune_ratio"].between(0.9, 1.0).all()
+
+
 @pytest.mark.flwr_run("ray_skip")
 def test_failing_client_skipped_for_the_round(runs):
     run = runs.get("ray_skip")
