@@ -23,6 +23,7 @@ from acp_flower.codecs import get_codec, list_codecs
 from acp_flower.exchanges import list_exchanges
 from acp_flower.models import build_architecture, get_model, list_models
 from acp_flower.options import OptionGroup, UnusedOptionWarning, check, check_choice, option_groups
+from acp_flower.sampling import resolve_clients_per_round
 
 DATASETS = ("cifar10", "fashion-mnist", "mnist", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "shard", "pathological")
@@ -73,6 +74,10 @@ class GeneralConfig:
     # --- federation / scheme ---
     num_clients: int = 5
     """Number of split-learning clients."""
+    clients_per_round: int | float = 0
+    """Clients that train in a round, drawn anew each round (seeded): an integer count (0 = all,
+    in id order), or a float fraction of num_clients in (0, 1]. Vanilla SL visits the sample in
+    a seeded order; SplitFed averages over the sample only."""
     scheme: str = "vanilla"
     """Training scheme (strategy): vanilla, splitfed_v1, splitfed_v2."""
     local_epochs: int = 1
@@ -157,6 +162,7 @@ class GeneralConfig:
             _check(name, getattr(self, name) >= 1, "an integer >= 1")
         for name in ("train_subset", "test_subset", "eval_bn_recalibration"):
             _check(name, getattr(self, name) >= 0, "an integer >= 0 (0 = all)")
+        resolve_clients_per_round(self.clients_per_round, self.num_clients)
         _check("dirichlet_alpha", self.dirichlet_alpha > 0, "a number > 0")
         _check("lr", self.lr > 0, "a number > 0")
         _check("momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)")
@@ -282,6 +288,10 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
             return int(value)
+        if type_name == "int | float":  # a count or a fraction: the value's own type says which
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError
+            return value
         if type_name == "float":
             if isinstance(value, bool):
                 raise TypeError

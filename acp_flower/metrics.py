@@ -22,14 +22,16 @@ log = logging.getLogger("acp_flower")
 
 METRIC_COLUMNS = (
     "round", "test_accuracy", "test_loss", "train_loss", "train_accuracy", "bytes_up", "bytes_down",
-    "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "wall_s",
+    "ideal_bits_up", "ideal_bits_down", "mean_prune_ratio", "clients", "sampled", "wall_s",
     "aux_test_accuracy", "aux_test_loss", "aux_train_loss", "aux_train_accuracy",
     "exchanges", "comm_s", "sim_wall_s",
     "client_params", "client_params_nonzero", "client_flops", "client_flops_sparse",
 )
 """metrics.csv columns. ``aux_*``: the client's own prediction (decoupled SL's auxiliary head:
 test accuracy/loss on the uncompressed smashed data, training loss/accuracy of its local
-loss); empty when the exchange has none. ``exchanges``: mini-batch exchanges of the round.
+loss); empty when the exchange has none. ``clients``: clients that finished the round,
+of ``sampled`` drawn for it (``clients_per_round``; a failed, skipped client is the
+difference). ``exchanges``: mini-batch exchanges of the round.
 ``comm_s``/``sim_wall_s``: the link model's communication time and communication + measured
 client compute (``acp_flower.link``). ``client_*``: the global client model after the round:
 parameters, non-zero parameters, forward FLOPs per sample, dense and scaled by weight
@@ -102,6 +104,7 @@ def outcome_row(outcome: RoundOutcome, cfg: ExperimentConfig) -> dict[str, Any]:
         "ideal_bits_down": traffic.ideal_bits_down if traffic else 0,
         "mean_prune_ratio": traffic.prune_ratio_sum / steps if steps else float("nan"),
         "clients": len(outcome.results),
+        "sampled": outcome.sampled or len(outcome.results),
         "wall_s": outcome.wall_s,
         "aux_test_accuracy": outcome.evaluation.get("aux_test_accuracy", nan),
         "aux_test_loss": outcome.evaluation.get("aux_test_loss", nan),

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import pkgutil
 
+from acp_flower.sampling import ClientSampler
 from strategies.base import ClientTask, Executor, RoundOutcome, SLStrategy
 
 _STRATEGIES: dict[str, type[SLStrategy]] = {}
@@ -38,6 +39,14 @@ def get_strategy(name: str) -> type[SLStrategy]:
         raise ValueError(f"config key 'scheme': unknown value {name!r}; allowed: {', '.join(list_strategies())}") from None
 
 
+def build_strategy(cfg) -> SLStrategy:
+    """The strategy of a run config (``scheme``), sampling clients by ``clients_per_round``.
+
+    Every driver builds its strategy here, so all draw the same clients for a seed.
+    """
+    return get_strategy(cfg.scheme)(ClientSampler.from_config(cfg))
+
+
 _discover()
 
-__all__ = ["ClientTask", "Executor", "RoundOutcome", "SLStrategy", "get_strategy", "list_strategies"]
+__all__ = ["build_strategy", "ClientTask", "Executor", "RoundOutcome", "SLStrategy", "get_strategy", "list_strategies"]

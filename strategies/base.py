@@ -11,6 +11,7 @@ from typing import ClassVar
 from acp_flower.guard import NonFiniteError
 from acp_flower.runtime.protocol import ClientTask, EvaluateFn, Executor, RoundOutcome, StateDict
 from acp_flower.runtime.stats import ClientResult, fedavg_states
+from acp_flower.sampling import ClientSampler
 
 __all__ = ["ClientTask", "EvaluateFn", "Executor", "RoundOutcome", "SLStrategy", "weighted_average"]
 
@@ -20,6 +21,7 @@ class SLStrategy(ABC):
 
     Subclasses implement `train_round`; the base class holds the global client model
     (head), the global tail and the codec state used for evaluation, and owns the round loop.
+    ``sampler`` picks each round's clients (config ``clients_per_round``; default: all).
     """
 
     name: ClassVar[str] = "base"
@@ -27,7 +29,8 @@ class SLStrategy(ABC):
     """Clients of a round train at the same time (SplitFed) instead of one after another:
     the link model then takes the slowest client's time instead of the sum."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampler: ClientSampler | None = None) -> None:
+        self.sampler = sampler or ClientSampler()
         self.head_state: StateDict = {}
         self.tail_state: StateDict = {}
         self.codec_eval_state: StateDict = {}
@@ -70,7 +73,8 @@ class SLStrategy(ABC):
             results = self.train_round(server_round, executor)
             if not results:  # every client failed and was skipped: a row would hold no result
                 raise RuntimeError(f"round {server_round}: no client finished the round (every client failed)")
-            outcome = RoundOutcome(server_round, results, executor.pop_server_stats(), parallel=self.parallel)
+            outcome = RoundOutcome(server_round, results, executor.pop_server_stats(), parallel=self.parallel,
+                                   sampled=len(self.sampler.sample(executor.client_ids, server_round)))
             outcome.evaluation = evaluate_fn(self.head_state, self.tail_state, self.codec_eval_state)
             for key in ("test_loss", "aux_test_loss"):  # a NaN must not reach metrics.csv as a result
                 if not math.isfinite(outcome.evaluation.get(key, 0.0)):

@@ -167,6 +167,12 @@ def _run_config(*items: str):
     return resolve_run_config(list(items))
 
 
+def _simulate(tmp: Path, run_config: list[str], federation_config: list[str]):
+    from acp_flower.apps.launch import simulate
+
+    return simulate(run_config, federation_config, flwr_home=tmp / "flwr-home", stream=False)
+
+
 def _toml(tmp: Path):
     from acp_flower.config import ExperimentConfig
 
@@ -214,6 +220,10 @@ CONFIG = [
     ("a zero reply timeout", "reply_timeout_s = 0", lambda t: _cfg(reply_timeout_s=0)),
     ("an unknown device", "device = 'tpu'", lambda t: _cfg(device="tpu")),
     ("a target accuracy above 100%", "target_accuracies = [1.5]", lambda t: _cfg(target_accuracies=[1.5])),
+    ("more clients per round than clients", "num_clients = 2, clients_per_round = 3",
+     lambda t: _cfg(clients_per_round=3)),
+    ("a negative clients_per_round", "clients_per_round = -1", lambda t: _cfg(clients_per_round=-1)),
+    ("a clients_per_round fraction above 1", "clients_per_round = 1.5", lambda t: _cfg(clients_per_round=1.5)),
     ("more clients than samples", "num_clients = 300, train_subset = 128", lambda t: _run(t, num_clients=300)),
     ("a subset larger than the dataset", "train_subset = 100000 (synthetic: 2,000 images)",
      lambda t: _run(t, train_subset=100000)),
@@ -237,6 +247,8 @@ SYNTAX = [
     ("zero SuperNodes", "--federation-config 'num-supernodes=0'", lambda t: _federation("num-supernodes=0")),
     ("a malformed --federation-config item", "--federation-config 'num-supernodes'",
      lambda t: _federation("num-supernodes")),
+    ("fewer SuperNodes than clients", "acp-flower simulate --run-config 'num-clients=3' --federation-config "
+     "'num-supernodes=2'", lambda t: _simulate(t, ["num-clients=3"], ["num-supernodes=2"])),
 ]
 DATA = [
     ("a dataset that is not there (no download)", "dataset = 'fashion-mnist', download = false, empty data-dir",

@@ -317,6 +317,10 @@ def simulate(run_config: list[str] | None = None, federation_config: list[str] |
     resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)  # fail now, not after the start-up
     federation = parse_federation_config(federation_config)
     federation.setdefault("num-supernodes", cfg.num_clients)
+    if federation["num-supernodes"] != cfg.num_clients:  # one SuperNode per client; fail before any start-up
+        raise ValueError(f"--federation-config num-supernodes={federation['num-supernodes']} but run config "
+                         f"num-clients={cfg.num_clients}: each SuperNode is one client (one partition), so they "
+                         "must be equal; to train fewer clients per round set clients-per-round")
     home = Path(flwr_home or os.environ.get("FLWR_HOME") or tempfile.mkdtemp(prefix="acp-flwr-home-"))
     temporary = not (flwr_home or os.environ.get("FLWR_HOME"))
     # short path: Ray's unix sockets live below it (at most 107 characters)

@@ -25,7 +25,7 @@ from acp_flower.data import prepare_data
 from acp_flower.metrics import RunRecorder, resume_point
 from acp_flower.runtime import RoundOutcome, TailSlots, build_evaluator, check_model, initial_states, resolve_device
 from acp_flower.runtime.checkpoint import Checkpoint, remove_checkpoint, save_checkpoint
-from strategies import get_strategy
+from strategies import build_strategy
 
 log = logging.getLogger("acp_flower")
 
@@ -54,7 +54,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
         if checkpointing:
             raise ValueError("config keys 'checkpoint' and 'resume' need an out-dir (where checkpoint.pt lives)")
         log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
-    strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before anything is written
+    strategy = build_strategy(cfg)  # an unknown scheme fails before anything is written
     check_model(cfg)  # and so does a model or codec that cannot work on this dataset
     ckpt = resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)
     recorder = RunRecorder(cfg.out_dir or None, cfg, overwrite=cfg.resume, resume_rows=ckpt.rows if ckpt else None)

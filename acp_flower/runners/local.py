@@ -32,7 +32,7 @@ from acp_flower.runtime import (
     resolve_device,
 )
 from acp_flower.runtime.checkpoint import Checkpoint, remove_checkpoint, save_checkpoint
-from strategies import get_strategy
+from strategies import build_strategy
 
 log = logging.getLogger("acp_flower")
 
@@ -94,7 +94,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, *, 
     checkpointing), giving the same metrics as an uninterrupted run. Without a checkpoint,
     ``resume`` restarts an unfinished run and refuses a finished one.
     """
-    strategy = get_strategy(cfg.scheme)()  # an unknown scheme fails before any work
+    strategy = build_strategy(cfg)  # an unknown scheme fails before any work
     check_model(cfg)  # and so does a model or codec that cannot work on this dataset
     if cfg.fail_client >= 0 and cfg.fail_kind == "hang":
         raise ValueError("config key 'fail_kind': 'hang' needs a reply timeout, which only the Flower app has "

@@ -32,6 +32,7 @@ from acp_flower.runtime.common import (
 from acp_flower.runtime.faults import CORRUPTIONS, ClientFailure, corrupt, hang, locate
 from acp_flower.runtime.protocol import ClientTask
 from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats, train_stats
+from acp_flower.sampling import resolve_clients_per_round
 from acp_flower.seeds import derive_seed
 from acp_flower.wire import Payload, PayloadError, from_bytes, ideal_bits, to_bytes
 
@@ -197,7 +198,11 @@ def build_client(cfg: ExperimentConfig, client_id: int, train_set: Dataset, indi
         raise ValueError(f"client {client_id} has an empty data partition")
     info = dataset_info(cfg.dataset)
     subset = Subset(train_set, np.asarray(indices).tolist())
-    steps = cfg.rounds * cfg.local_epochs * math.ceil(len(subset) / cfg.batch_size)
+    # T of ACP-SL's eq. (9): the steps this client is expected to train (with sampling it
+    # takes part in clients_per_round / num_clients of the rounds on average).
+    rounds = math.ceil(cfg.rounds * resolve_clients_per_round(cfg.clients_per_round, cfg.num_clients)
+                       / cfg.num_clients)
+    steps = rounds * cfg.local_epochs * math.ceil(len(subset) / cfg.batch_size)
     codec = build_codec(cfg, total_steps=steps, seed=derive_seed(cfg.seed, 1, client_id))
     exchange = build_exchange(cfg)
     return ClientRuntime(cfg, client_id, build_client_model(cfg, exchange), codec, subset, info.num_classes, device,

@@ -103,6 +103,8 @@ class RoundOutcome:
     server_stats: ServerStats
     parallel: bool = False
     """The round's clients trained in parallel (SplitFed) rather than one after another."""
+    sampled: int = 0
+    """Clients drawn for the round (``clients_per_round``); ``len(results)`` of them finished."""
     evaluation: dict[str, float] = field(default_factory=dict)
     """What the evaluator measured on the global model (``test_accuracy``, ``test_loss``, ...)."""
     wall_s: float = 0.0

@@ -66,6 +66,13 @@ RUNS: dict[str, tuple[dict, str]] = {
     "flower_vit_adc": (dict(scheme="vanilla", transport="flower", model="vit_tiny", vit_depth=2, vit_embed_dim=32,
                             vit_heads=2, vit_patch_size=8, cut_layer=1, codec="adc", adc_batch_ratio=0.25,
                             adc_tokens=3), "client-resources-num-cpus=1"),
+    # client sampling: 2 of 4 SuperNodes per round (vanilla: a seeded order), one run per transport
+    "ray_sampled": (dict(scheme="vanilla", num_clients=4, train_subset=256, clients_per_round=2,
+                         partition="dirichlet", dirichlet_alpha=1.0),
+                    "client-resources-num-cpus=1"),
+    "flower_sampled_v1": (dict(scheme="splitfed_v1", transport="flower", num_clients=4, train_subset=256,
+                               clients_per_round=0.5, partition="dirichlet", dirichlet_alpha=1.0),
+                          "client-resources-num-cpus=1"),
 }
 RUN_TIMEOUT_S = 600
 BENCH_SMOKE = ["--rounds", "1", "--clients", "2", "--train-subset", "128", "--batch-size", "32", "--threads", "1"]

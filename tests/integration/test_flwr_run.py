@@ -21,7 +21,7 @@ from tests.integration.flwr_runs import RunPool, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
-BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients", "exchanges", "comm_s",
+BYTES = ["bytes_up", "bytes_down", "ideal_bits_up", "ideal_bits_down", "clients", "sampled", "exchanges", "comm_s",
          "client_params_nonzero", "client_flops_sparse"]
 
 
@@ -107,6 +107,20 @@ def test_flower_transport_vit_adc_equals_local(runs):
     run = runs.get("flower_vit_adc")
     _assert_same_as_local(run)
     assert run.metrics["mean_prune_ratio"].between(0.9, 1.0).all()
+
+
+@pytest.mark.flwr_run("ray_sampled")
+def test_ray_transport_samples_the_clients_of_the_local_runner(runs):
+    run = runs.get("ray_sampled")
+    _assert_same_as_local(run)  # same bytes: the same 2 of 4 clients, in the same order
+    assert run.metrics["sampled"].tolist() == [2, 2] and run.metrics["clients"].tolist() == [2, 2]
+
+
+@pytest.mark.flwr_run("flower_sampled_v1")
+def test_flower_transport_samples_the_clients_of_the_local_runner(runs):
+    run = runs.get("flower_sampled_v1")
+    _assert_same_as_local(run)
+    assert run.metrics["sampled"].tolist() == [2, 2] and run.metrics["clients"].tolist() == [2, 2]
 
 
 @pytest.mark.flwr_run("ray_skip")
