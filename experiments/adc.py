@@ -2,7 +2,7 @@
 """ADC against byte-matched RandTopk and Quantization on a small ViT (issue: ViT + ADC).
 
     python experiments/adc.py [--arms standard adc10 ...] [--rounds R] [--out DIR]
-        [--jobs N] [--set key=value ...] [--no-run]
+        [--jobs N] [--set key=value ...] [--no-run] [--pool DIR ...]
 
 Setting (``BASE``): CIFAR-10, a seeded 5,000-image training subset (crop + flip) and 2,000
 test images, 5 clients IID, vanilla SL, batch 64, Adam lr 1e-3, seed 0; the ViT of
@@ -18,6 +18,9 @@ included); Quantization-SL and RandTopk-SL matched to the same bytes (quantizati
 Every arm is resumable (``--checkpoint`` semantics) and a finished one is skipped. Writes
 ``table.md`` / ``table.csv`` (final and best test accuracy, up-link MB per round, its
 ratio to Standard-SL, rounds to the targets) and ``accuracy_vs_mb.png`` under ``--out``.
+One seed per ``--out`` (``--set seed=1 --out DIR1``); ``--pool DIR ...`` then writes
+``table_seeds.md`` / ``.csv`` under ``--out``: mean and std over the tables of ``--out`` and
+the pooled directories, arm by arm.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--jobs", type=int, default=1, help="arms run at once, one torch thread each")
     p.add_argument("--no-run", action="store_true", help="only tabulate and plot the finished runs")
+    p.add_argument("--pool", nargs="+", type=Path, default=[], metavar="DIR",
+                   help="also pool these --out directories (other seeds) into table_seeds.md")
     return p.parse_args(argv)
 
 
@@ -148,6 +153,16 @@ def plot(arms: list[str], args: argparse.Namespace) -> Path:
     return path
 
 
+def pooled(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Mean and std (over seeds) of the accuracies of each arm, with its bytes (equal across seeds)."""
+    frame = pd.concat([t.assign(seed_table=i) for i, t in enumerate(tables)])
+    acc = frame.groupby("arm", sort=False)[["final_acc", "best_acc", "final_train_acc"]].agg(["mean", "std"])
+    acc.columns = [f"{col}_{stat}" for col, stat in acc.columns]
+    rest = frame.groupby("arm", sort=False).agg(codec=("codec", "first"), mb_up_per_round=("mb_up_per_round", "mean"),
+                                                up_ratio=("up_ratio", "mean"), seeds=("seed_table", "nunique"))
+    return rest.join(acc).reset_index()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -161,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "table.md").write_text(frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     print(frame.to_markdown(index=False, floatfmt=".4g"))
     print(f"plot: {plot(args.arms, args)}")
+    if args.pool:
+        seeds = pooled([frame] + [pd.read_csv(d / "table.csv") for d in args.pool])
+        seeds.to_csv(args.out / "table_seeds.csv", index=False)
+        (args.out / "table_seeds.md").write_text(seeds.to_markdown(index=False, floatfmt=".4g") + "\n")
+        print(seeds.to_markdown(index=False, floatfmt=".4g"))
     return 0
 
 
