@@ -98,3 +98,17 @@ def test_local_run_records_the_sample_and_repeats(scheme):
     everyone = run_experiment(cfg.replace(clients_per_round=0), None, progress=False)
     assert everyone["sampled"].tolist() == [6, 6, 6]
     assert first["exchanges"].sum() < everyone["exchanges"].sum()
+
+
+def test_splitfed_v1_keeps_tail_copies_only_for_the_sample(monkeypatch):
+    import acp_flower.runtime.server as server
+
+    built = []
+    real = server.build_server
+    monkeypatch.setattr(server, "build_server", lambda *a, **k: built.append(1) or real(*a, **k))
+    cfg = ExperimentConfig.from_dict({**TINY, "scheme": "splitfed_v1", "clients_per_round": 2})
+    frame = run_experiment(cfg, None, progress=False)
+    assert len(frame) == 3 and len(built) == 2  # 3 rounds x 2 of 6 clients, but 2 tail copies
+    built.clear()
+    run_experiment(cfg.replace(clients_per_round=0), None, progress=False)
+    assert len(built) == 6
