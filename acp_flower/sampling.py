@@ -61,10 +61,14 @@ class ClientSampler:
         count = resolve_clients_per_round(cfg.clients_per_round, cfg.num_clients)
         return cls(0 if count == cfg.num_clients else count, cfg.seed)
 
+    def size(self, num_clients: int) -> int:
+        """How many of ``num_clients`` clients each round draws (without drawing them)."""
+        return min(self.count, num_clients) if self.count else num_clients
+
     def ordered(self, client_ids: Sequence[int], server_round: int) -> list[int]:
         """This round's clients in the order they train (seeded), or all ids in order."""
         ids = sorted(client_ids)
-        if not self.count or self.count >= len(ids):
+        if self.size(len(ids)) == len(ids):
             return ids
         rng = np.random.default_rng(derive_seed(self.seed, SAMPLE_STREAM, server_round))
         return [ids[i] for i in rng.permutation(len(ids))[: self.count]]

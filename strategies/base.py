@@ -74,7 +74,7 @@ class SLStrategy(ABC):
             if not results:  # every client failed and was skipped: a row would hold no result
                 raise RuntimeError(f"round {server_round}: no client finished the round (every client failed)")
             outcome = RoundOutcome(server_round, results, executor.pop_server_stats(), parallel=self.parallel,
-                                   sampled=len(self.sampler.sample(executor.client_ids, server_round)))
+                                   sampled=self.sampler.size(len(executor.client_ids)))
             outcome.evaluation = evaluate_fn(self.head_state, self.tail_state, self.codec_eval_state)
             for key in ("test_loss", "aux_test_loss"):  # a NaN must not reach metrics.csv as a result
                 if not math.isfinite(outcome.evaluation.get(key, 0.0)):

@@ -48,6 +48,7 @@ def test_sample_is_seeded_per_round_and_a_subset():
     assert a.sample(ids, 1) == sorted(rounds[0])
     assert ClientSampler(100, seed=4).ordered(ids, 1) != rounds[0]
     assert ClientSampler().ordered([2, 0, 1], 5) == [0, 1, 2]  # no sampling: all, id order
+    assert (a.size(1000), a.size(50), ClientSampler().size(7)) == (100, 50, 7)
 
 
 class RecordingExecutor:
