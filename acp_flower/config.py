@@ -30,6 +30,7 @@ PARTITIONS = ("iid", "dirichlet", "shard", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 TRANSPORTS = ("ray", "flower")
 ERROR_POLICIES = ("stop", "skip")
+SPLITFED_TAILS = ("fresh", "persistent")
 FAULT_KINDS = ("raise", "hang", "nan", "shape", "dtype", "truncate")
 SELECTORS: dict[str, Any] = {"codec": list_codecs, "exchange": list_exchanges, "model": list_models}
 """Config keys that select a component, and the registry listing the names they allow."""
@@ -63,6 +64,9 @@ class GeneralConfig:
     """Use a seeded random subset of this many training samples (0 = all)."""
     test_subset: int = 0
     """Evaluate on a seeded random subset of this many test samples (0 = all)."""
+    synthetic_train_size: int = 2000
+    """dataset='synthetic': training samples generated (the test split stays 500); more than
+    2000 for runs with thousands of clients (another size is another draw, not an extension)."""
     partition: str = "iid"
     """How training data is split over clients: iid, dirichlet, shard, pathological."""
     dirichlet_alpha: float = 0.5
@@ -82,6 +86,15 @@ class GeneralConfig:
     """Training scheme (strategy): vanilla, splitfed_v1, splitfed_v2."""
     local_epochs: int = 1
     """Passes over its partition each client makes per round."""
+    splitfed_tails: str = "fresh"
+    """SplitFed-v1's server-side tail copies. 'fresh': each round every sampled client trains
+    against a new copy of the global tail with a new optimizer state; copies exist only while
+    their group (splitfed_group_size) trains, then are averaged in and freed. 'persistent': one
+    tail copy and optimizer per slot (position in the round's sample), kept for the whole run
+    (the behaviour before fresh tails; memory grows with the sample size)."""
+    splitfed_group_size: int = 8
+    """SplitFed-v1 with fresh tails: clients that train at once, each against its own tail copy
+    (the peak number of tail copies). Results do not depend on it."""
     # --- model / optimization ---
     model: str = "resnet18"
     """Backbone, split into client head and server tail: resnet18 or vit_tiny (its options:
@@ -153,11 +166,13 @@ class GeneralConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("transport", self.transport, TRANSPORTS)
         _check_choice("on_client_error", self.on_client_error, ERROR_POLICIES)
+        _check_choice("splitfed_tails", self.splitfed_tails, SPLITFED_TAILS)
         _check_choice("fail_kind", self.fail_kind, FAULT_KINDS)
         _check("reply_timeout_s", self.reply_timeout_s > 0, "a number of seconds > 0")
         for key, registry in SELECTORS.items():
             _check_choice(key, getattr(self, key), registry())
-        for name in ("rounds", "num_clients", "batch_size", "eval_batch_size", "local_epochs",
+        for name in ("rounds", "num_clients", "batch_size", "eval_batch_size", "local_epochs", "splitfed_group_size",
+                     "synthetic_train_size",
                      "shards_per_client", "classes_per_client"):
             _check(name, getattr(self, name) >= 1, "an integer >= 1")
         for name in ("train_subset", "test_subset", "eval_bn_recalibration"):

@@ -8,7 +8,6 @@ import importlib
 import inspect
 import pkgutil
 
-from acp_flower.sampling import ClientSampler
 from strategies.base import ClientTask, Executor, RoundOutcome, SLStrategy
 
 _STRATEGIES: dict[str, type[SLStrategy]] = {}
@@ -44,7 +43,7 @@ def build_strategy(cfg) -> SLStrategy:
 
     Every driver builds its strategy here, so all draw the same clients for a seed.
     """
-    return get_strategy(cfg.scheme)(ClientSampler.from_config(cfg))
+    return get_strategy(cfg.scheme).from_config(cfg)
 
 
 _discover()

@@ -35,6 +35,11 @@ class SLStrategy(ABC):
         self.tail_state: StateDict = {}
         self.codec_eval_state: StateDict = {}
 
+    @classmethod
+    def from_config(cls, cfg) -> SLStrategy:
+        """The strategy of a run config; a scheme with keys of its own overrides this."""
+        return cls(ClientSampler.from_config(cfg))
+
     def initialize(self, executor: Executor, head_state: StateDict, tail_state: StateDict) -> None:
         """Set the initial global model and push the tail into slot 0."""
         self.head_state = head_state

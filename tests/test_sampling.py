@@ -68,6 +68,9 @@ class RecordingExecutor:
     def set_tail(self, slot, state):
         pass
 
+    def release_tails(self):
+        pass
+
     def pop_server_stats(self):
         return ServerStats()
 
@@ -102,12 +105,13 @@ def test_local_run_records_the_sample_and_repeats(scheme):
 
 
 def test_splitfed_v1_keeps_tail_copies_only_for_the_sample(monkeypatch):
-    import acp_flower.runtime.server as server
+    from acp_flower.runtime.server import TailSlots
 
     built = []
-    real = server.build_server
-    monkeypatch.setattr(server, "build_server", lambda *a, **k: built.append(1) or real(*a, **k))
-    cfg = ExperimentConfig.from_dict({**TINY, "scheme": "splitfed_v1", "clients_per_round": 2})
+    real = TailSlots._new_server
+    monkeypatch.setattr(TailSlots, "_new_server", lambda self: built.append(1) or real(self))
+    cfg = ExperimentConfig.from_dict({**TINY, "scheme": "splitfed_v1", "clients_per_round": 2,
+                                      "splitfed_tails": "persistent"})
     frame = run_experiment(cfg, None, progress=False)
     assert len(frame) == 3 and len(built) == 2  # 3 rounds x 2 of 6 clients, but 2 tail copies
     built.clear()

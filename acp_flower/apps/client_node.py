@@ -4,15 +4,18 @@ The simulation engine pickles each node's Context to whichever client actor is f
 (no node-to-actor affinity), so ``context.state`` is the truth: the head, optimizer,
 codec and RNG state (``ClientRuntime.state_dict()``, ~100 kB) are loaded from it at the
 start of every round and saved into it at the end. The per-process caches below only
-save work: the prepared datasets and partitions (per config) and the built
-``ClientRuntime`` objects (per run and node), whose state is always overwritten from
-``context.state`` (or from the seeded initial state before the first round) before use.
+save work: the prepared datasets and partitions (per config) and the ``RUNTIME_CACHE``
+most recently used ``ClientRuntime`` objects (per run and node), whose state is always
+overwritten from ``context.state`` (or from the seeded initial state before the first
+round) before use. The cache is bounded, so an actor's memory does not grow with the
+number of SuperNodes it ever served (10,000-node federations).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -23,7 +26,9 @@ from acp_flower.data import PreparedData, prepare_data
 from acp_flower.runtime import ClientResult, ClientRuntime, ClientTask, build_client, resolve_device
 
 _DATA: dict[ExperimentConfig, PreparedData] = {}
-_RUNTIMES: dict[tuple[int, int], _CachedRuntime] = {}
+_RUNTIMES: OrderedDict[tuple[int, int], _CachedRuntime] = OrderedDict()
+RUNTIME_CACHE = 32
+"""Built client runtimes an actor process keeps (least recently used dropped first)."""
 
 
 @dataclass
@@ -62,6 +67,9 @@ def client_runtime(context: Context) -> ClientRuntime:
         data = prepared_data(cfg)
         client = build_client(cfg, client_id, data.train_set, data.partitions[client_id], resolve_device(cfg.device))
         cached = _RUNTIMES[key] = _CachedRuntime(cfg, client, client.state_dict())
+        while len(_RUNTIMES) > RUNTIME_CACHE:
+            _RUNTIMES.popitem(last=False)
+    _RUNTIMES.move_to_end(key)
     saved = records.load_client_state(context.state)
     cached.client.load_state_dict(saved if saved is not None else cached.initial_state)
     return cached.client
@@ -98,15 +106,20 @@ def check_task(task: ClientTask, client: ClientRuntime) -> None:
 
 
 def handle_hello(msg: Message, context: Context) -> Message:
-    """Report the partition id and the actor's Ray resources; warm the caches up."""
+    """Report the partition id and the actor's Ray resources; load the data (once per process).
+
+    The client runtime is built at its first round, not here: a federation of 10,000
+    SuperNodes greets every node but trains only the sampled ones.
+    """
     import ray
 
-    client = client_runtime(context)
+    cfg, client_id = node_config(context)
+    partition = prepared_data(cfg).partitions[client_id]
     resources = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
     reply = ConfigRecord({
-        "client-id": client.client_id, "num-examples": len(client.dataset), "pid": os.getpid(),
+        "client-id": client_id, "num-examples": len(partition), "pid": os.getpid(),
         "num-cpus": float(resources.get("CPU", 0.0)), "num-gpus": float(resources.get("GPU", 0.0)),
-        "device": str(client.device),
+        "device": str(resolve_device(cfg.device)),
     })
     return Message(RecordDict({records.HELLO: reply}), reply_to=msg)
 

@@ -116,6 +116,9 @@ class TailActor:
     def pop_stats(self) -> ServerStats:
         return self.slots.pop_stats()
 
+    def clear(self) -> None:
+        self.slots.clear()
+
     def state_dict(self) -> dict[int, dict[str, StateDict]]:
         return self.slots.state_dict()
 
@@ -186,6 +189,9 @@ class RayTails:
 
     def pop_stats(self) -> ServerStats:
         return ray_get(self.actor.pop_stats.remote(), "tail statistics")
+
+    def clear(self) -> None:
+        ray_get(self.actor.clear.remote(), "free the tail copies")
 
     def state_dict(self) -> dict[int, dict[str, StateDict]]:
         """Every slot's tail and optimizer state (for the ServerApp's checkpoint)."""

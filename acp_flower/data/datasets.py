@@ -167,9 +167,9 @@ class RandomCropFlip:
 
 
 @functools.lru_cache(maxsize=2)
-def _synthetic(train: bool) -> tuple[torch.Tensor, np.ndarray]:
+def _synthetic(train: bool, size: int | None) -> tuple[torch.Tensor, np.ndarray]:
     """Return the synthetic split, cached (it is deterministic: caching changes nothing)."""
-    return make_synthetic(train)
+    return make_synthetic(train, size)
 
 
 def _missing_message(name: str, data_dir: Path, missing: list[str]) -> str:
@@ -198,7 +198,7 @@ def _real_arrays(name: str, data_dir: str | Path | None, *, train: bool,
 
 
 def load_dataset(name: str, data_dir: str | Path | None, *, train: bool, augment: bool = False,
-                 download: bool = True) -> TensorImageDataset:
+                 download: bool = True, synthetic_size: int | None = None) -> TensorImageDataset:
     """Load one split of a dataset as a `TensorImageDataset`.
 
     Parameters
@@ -216,6 +216,8 @@ def load_dataset(name: str, data_dir: str | Path | None, *, train: bool, augment
     download : bool, default True
         If the files are absent, fetch them with `acp_flower.data.fetch.fetch_dataset`;
         if False, raise `FileNotFoundError` instead.
+    synthetic_size : int, optional
+        ``synthetic`` only: number of samples of the split (default: 2000 train, 500 test).
 
     Returns
     -------
@@ -233,7 +235,7 @@ def load_dataset(name: str, data_dir: str | Path | None, *, train: bool, augment
     if augment and not train:
         raise ValueError("augment=True is only allowed for the training split (train=True)")
     if name == "synthetic":
-        images, labels = _synthetic(train)
+        images, labels = _synthetic(train, synthetic_size)
     else:
         images, labels = _real_arrays(name, data_dir, train=train, download=download)
     mean, std = _NORM[name]

@@ -107,9 +107,15 @@ def _partition_rows(part: Any, num_partitions: int) -> list[np.ndarray]:
     ``load_partition`` goes through ``datasets.Dataset.select``, which hashes its index
     list element by element (seconds for 50k numpy ints). The non-IID partitioners keep
     their assignment in ``_partition_id_to_indices`` (row positions in ``part.dataset``,
-    which ShardPartitioner re-sorts); read it there when present. A test checks that this
-    equals ``load_partition``.
+    which ShardPartitioner re-sorts); read it there when present. IidPartitioner's partition
+    i is contiguous shard i of the table (``Dataset.shard(contiguous=True)``: the first
+    ``n % k`` shards one row longer), which ``np.array_split`` cuts the same way without a
+    Dataset per client (10,000 clients: 12 s -> ms). Tests check both equal ``load_partition``.
     """
+    from flwr_datasets.partitioner import IidPartitioner
+
+    if isinstance(part, IidPartitioner):
+        return np.array_split(np.asarray(part.dataset["idx"], dtype=np.int64), num_partitions)
     if hasattr(part, "_partition_id_to_indices"):
         _ = part.num_partitions  # public property: computes (once) the assignment
         mapping = part._partition_id_to_indices  # pylint: disable=protected-access

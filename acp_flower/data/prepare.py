@@ -39,7 +39,9 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
 
     Every data-related mistake in the config raises here, before any output is written.
     """
-    train_set = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=cfg.augment, download=cfg.download)
+    size = cfg.synthetic_train_size if cfg.dataset == "synthetic" else None
+    train_set = load_dataset(cfg.dataset, cfg.data_dir, train=True, augment=cfg.augment, download=cfg.download,
+                             synthetic_size=size)
     test_set = load_dataset(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
     labels = dataset_labels(train_set)
     pool = np.arange(len(labels))

@@ -60,13 +60,16 @@ def _shifted(templates: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor
     return padded[labels.view(-1, 1, 1, 1), chans, rows, cols]
 
 
-def make_synthetic(train: bool) -> tuple[torch.Tensor, np.ndarray]:
+def make_synthetic(train: bool, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Generate one split of the synthetic dataset.
 
     Parameters
     ----------
     train : bool
         Training split (2000 samples) if True, test split (500 samples) otherwise.
+    size : int, optional
+        Number of samples instead of the split's default (scale tests with more clients
+        than 2000 samples); the default size gives the default split exactly.
 
     Returns
     -------
@@ -79,7 +82,9 @@ def make_synthetic(train: bool) -> tuple[torch.Tensor, np.ndarray]:
     templates = templates - templates.mean(dim=(1, 2, 3), keepdim=True)
     templates = templates / templates.std(dim=(1, 2, 3), keepdim=True)
     gen = torch.Generator().manual_seed(_SPLIT_SEED[train])
-    n = SYNTHETIC_SIZES[train]
+    n = SYNTHETIC_SIZES[train] if size is None else size
+    if n < 1:
+        raise ValueError(f"synthetic split size must be >= 1, got {n}")
     labels = torch.arange(n) % NUM_CLASSES
     labels = labels[torch.randperm(n, generator=gen)]
     shifts = torch.randint(0, 2 * _MAX_SHIFT + 1, (n, 2), generator=gen)  # index into the shifts

@@ -14,13 +14,13 @@ from acp_flower.runtime.protocol import (
 )
 from acp_flower.runtime.schedule import RoundRobin
 from acp_flower.runtime.server import ServerRuntime, TailSlots, build_server
-from acp_flower.runtime.stats import ClientResult, ServerStats, TrafficStats, fedavg_states
+from acp_flower.runtime.stats import ClientResult, FedAvg, ServerStats, TrafficStats, fedavg_states
 from acp_flower.seeds import derive_seed
 
 __all__ = [
     "build_client", "build_evaluator", "build_server", "CLIENT_FAULTS", "ClientFailure", "ClientFault",
     "ClientResult", "ClientRoundError", "ClientRuntime", "ClientTask", "derive_seed", "EvaluateFn",
-    "Evaluator", "Executor", "check_model", "FaultLog", "fedavg_states", "initial_states", "make_optimizer",
+    "Evaluator", "Executor", "check_model", "FaultLog", "FedAvg", "fedavg_states", "initial_states", "make_optimizer",
     "resolve_device", "RoundOutcome", "RoundRobin", "ServerRuntime", "ServerStats", "TailSlots", "TailStore",
     "TailStoreExecutor", "TrafficStats",
 ]

@@ -205,5 +205,5 @@ def build_client(cfg: ExperimentConfig, client_id: int, train_set: Dataset, indi
     steps = rounds * cfg.local_epochs * math.ceil(len(subset) / cfg.batch_size)
     codec = build_codec(cfg, total_steps=steps, seed=derive_seed(cfg.seed, 1, client_id))
     exchange = build_exchange(cfg)
-    return ClientRuntime(cfg, client_id, build_client_model(cfg, exchange), codec, subset, info.num_classes, device,
+    return ClientRuntime(cfg, client_id, build_client_model(cfg), codec, subset, info.num_classes, device,
                          exchange)

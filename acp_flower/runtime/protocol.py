@@ -48,6 +48,10 @@ class TailStore(Protocol):
 
     def pop_stats(self) -> ServerStats: ...
 
+    def clear(self) -> None:
+        """Free every tail copy and its optimizer state (their totals stay for ``pop_stats``)."""
+        ...
+
     def state_dict(self) -> dict[int, dict[str, StateDict]]:
         """Every slot's tail and optimizer state, by slot (checkpoints)."""
         ...
@@ -72,6 +76,10 @@ class Executor(Protocol):
 
     def set_tail(self, slot: int, state: StateDict) -> None: ...
 
+    def release_tails(self) -> None:
+        """Free every tail copy and its optimizer; a slot used next starts with a fresh optimizer."""
+        ...
+
     def pop_server_stats(self) -> ServerStats: ...
 
 
@@ -85,6 +93,9 @@ class TailStoreExecutor:
 
     def set_tail(self, slot: int, state: StateDict) -> None:
         self.tails.set(slot, state)
+
+    def release_tails(self) -> None:
+        self.tails.clear()
 
     def pop_server_stats(self) -> ServerStats:
         return self.tails.pop_stats()

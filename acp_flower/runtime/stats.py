@@ -93,8 +93,49 @@ class ClientResult:
     """Wall time of the client's training this round, exchanges included (the link model's compute)."""
 
 
+class FedAvg:
+    """Streaming weighted average of state dicts: ``add`` them one at a time, then ``result``.
+
+    Holds one float64 sum, not the states, so averaging N tail copies costs the memory of
+    one (SplitFed-v1 frees each copy once it is added). The result depends only on the
+    order of the ``add`` calls, not on how they were grouped. Integer entries (BatchNorm
+    counters) are rounded back.
+    """
+
+    def __init__(self) -> None:
+        self.sums: StateDict = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, state: StateDict, weight: float) -> None:
+        if weight < 0:
+            raise ValueError(f"weights must be non-negative, got {weight}")
+        if self.count and state.keys() != self.sums.keys():
+            raise ValueError(f"state keys differ from the first state's: {sorted(set(state) ^ set(self.sums))}")
+        for key, value in state.items():
+            term = value.detach().double() * float(weight)
+            if key in self.sums:
+                self.sums[key] += term
+            else:
+                self.sums[key], self.dtypes[key] = term, value.dtype
+        self.total += float(weight)
+        self.count += 1
+
+    def result(self) -> StateDict:
+        if not self.count:
+            raise ValueError("fedavg_states needs at least one state dict")
+        if self.total <= 0:
+            raise ValueError(f"weights must sum to a positive number, got a total of {self.total}")
+        out: StateDict = {}
+        for key, acc in self.sums.items():
+            mean, dtype = acc / self.total, self.dtypes[key]
+            out[key] = mean.to(dtype) if dtype.is_floating_point else mean.round().to(dtype)
+        return out
+
+
 def fedavg_states(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
-    """Weighted average of state dicts; integer entries (BN counters) are rounded back.
+    """Weighted average of state dicts (``FedAvg``); integer entries (BN counters) are rounded back.
 
     Parameters
     ----------
@@ -103,15 +144,9 @@ def fedavg_states(states: Sequence[StateDict], weights: Sequence[float]) -> Stat
     weights : sequence of float
         Non-negative weights, e.g. numbers of examples; they need not sum to one.
     """
-    if not states:
-        raise ValueError("fedavg_states needs at least one state dict")
     if len(states) != len(weights):
         raise ValueError(f"got {len(states)} states but {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
-    out: StateDict = {}
-    for key, ref in states[0].items():
-        acc = sum(s[key].double() * (w / total) for s, w in zip(states, weights))
-        out[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
-    return out
+    avg = FedAvg()
+    for state, weight in zip(states, weights):
+        avg.add(state, weight)
+    return avg.result()

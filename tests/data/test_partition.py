@@ -147,6 +147,20 @@ def test_fast_path_matches_load_partition(scheme):
     assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
 
 
+@pytest.mark.parametrize("n, k", [(300, 4), (303, 7), (10, 10)])
+def test_iid_fast_path_matches_load_partition(n, k):
+    from datasets import Dataset
+
+    from acp_flower.data.partition import _partition_rows
+
+    order = np.random.default_rng(3).permutation(n)
+    part = _partitioner("iid", k, n, 3, 0.5, 2, 2)
+    part.dataset = Dataset.from_dict({"label": _labels(n)[order], "idx": order})
+    expected = [np.asarray(part.load_partition(i)["idx"]) for i in range(k)]
+    got = _partition_rows(part, k)
+    assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(scheme="natural"), r"scheme='natural' is unknown.*'iid', 'dirichlet', 'shard', 'pathological'"),
     (dict(num_partitions=0), r"num_partitions=0 must be >= 1"),

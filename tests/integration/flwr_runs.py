@@ -31,7 +31,8 @@ BASE = dict(dataset="synthetic", data_dir="", train_subset=192, test_subset=64, 
             batch_size=32, eval_batch_size=64, optimizer="adam", lr=1e-3, codec="acp")
 RUNS: dict[str, tuple[dict, str]] = {
     # name: (config changes, --federation-config)
-    "ray_v1": (dict(scheme="splitfed_v1"), "client-resources-num-cpus=1"),
+    # fresh tails in groups of 2 (clients 0, 1 then 2): the tail actor frees copies mid-round
+    "ray_v1": (dict(scheme="splitfed_v1", splitfed_group_size=2), "client-resources-num-cpus=1"),
     "ray_v2_turns": (dict(scheme="splitfed_v2", partition="dirichlet", dirichlet_alpha=1.0),
                      "client-resources-num-cpus=1 init-args-num-cpus=3"),
     "flower_v2": (dict(scheme="splitfed_v2", transport="flower", partition="dirichlet", dirichlet_alpha=1.0),
@@ -71,7 +72,8 @@ RUNS: dict[str, tuple[dict, str]] = {
                          partition="dirichlet", dirichlet_alpha=1.0),
                     "client-resources-num-cpus=1"),
     "flower_sampled_v1": (dict(scheme="splitfed_v1", transport="flower", num_clients=4, train_subset=256,
-                               clients_per_round=0.5, partition="dirichlet", dirichlet_alpha=1.0),
+                               clients_per_round=0.5, partition="dirichlet", dirichlet_alpha=1.0,
+                               splitfed_group_size=1),
                           "client-resources-num-cpus=1"),
 }
 RUN_TIMEOUT_S = 600

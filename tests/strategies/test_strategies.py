@@ -38,13 +38,17 @@ class FakeExecutor:
     def set_tail(self, slot, state):
         self.tails[slot] = dict(state)
 
+    def release_tails(self):
+        self.released = getattr(self, "released", 0) + 1
+        self.tails.clear()
+
     def pop_server_stats(self):
         return ServerStats()
 
 
-def _prepare(cls, examples):
+def _prepare(cls, examples, **kwargs):
     executor = FakeExecutor(examples)
-    strategy = cls()
+    strategy = cls(**kwargs)
     strategy.initialize(executor, {"w": torch.tensor([1.0, 2.0])}, {"v": torch.tensor([10.0])})
     return strategy, executor
 
@@ -81,6 +85,34 @@ def test_splitfed_v1_fedavg_of_heads_tails_and_codec_states():
     assert torch.allclose(strategy.tail_state["v"], torch.tensor([11.5]))  # 10 + 1.5
     assert torch.allclose(strategy.codec_eval_state["s"], torch.tensor([1.5]))
     assert strategy.parallel
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 3, 8])
+def test_splitfed_v1_fresh_tails_train_in_groups_with_the_same_average(group_size):
+    strategy, executor = _prepare(SplitFedV1Strategy, {0: 10, 1: 30, 2: 60}, group_size=group_size)
+    strategy.train_round(1, executor)
+    groups = [[(t.client_id, t.tail_slot) for t in tasks] for tasks, _ in executor.calls]
+    expected = [[(c, c % group_size) for c in range(i, min(3, i + group_size))] for i in range(0, 3, group_size)]
+    assert groups == expected and executor.released == len(expected)  # copies freed after every group
+    assert executor.tails == {}
+    assert torch.equal(strategy.tail_state["v"], torch.tensor([11.5]))  # exactly, whatever the grouping
+    assert torch.allclose(strategy.head_state["w"], torch.tensor([2.5, 3.5]))
+
+
+def test_splitfed_v1_persistent_tails_keep_one_slot_per_client():
+    strategy, executor = _prepare(SplitFedV1Strategy, {0: 10, 1: 30, 2: 60}, tails="persistent", group_size=1)
+    strategy.train_round(1, executor)
+    [(tasks, _)] = executor.calls
+    assert [t.tail_slot for t in tasks] == [0, 1, 2] and not hasattr(executor, "released")
+    assert sorted(executor.tails) == [0, 1, 2]
+    assert torch.allclose(strategy.tail_state["v"], torch.tensor([11.5]))
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(tails="kept"), "splitfed_tails"),
+                                           (dict(group_size=0), "splitfed_group_size")])
+def test_splitfed_v1_bad_options_name_the_key(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SplitFedV1Strategy(**kwargs)
 
 
 def test_splitfed_v2_interleaves_on_one_tail_and_averages_heads():
