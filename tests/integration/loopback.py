@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -35,7 +36,7 @@ class _Process:
 
     def __init__(self) -> None:
         self.data = _SHARED_DATA
-        self.runtimes: dict = {}
+        self.runtimes: OrderedDict = OrderedDict()  # as client_node._RUNTIMES (an LRU)
         self.sessions: dict = {}
 
     def activate(self) -> None:
