@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import tomli_w
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
@@ -113,11 +114,12 @@ def local_scale(n: int, args, env) -> dict:
 
 
 def flwr_scale(n: int, args, env) -> dict:
+    from acp_flower.config import ExperimentConfig
+
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        cfg = {**tiny(n, args), "out_dir": tmp}
-        run_config = " ".join(f"{k.replace('_', '-')}={json.dumps(v) if not isinstance(v, str) else repr(v)}"
-                              for k, v in cfg.items())
-        cmd = [sys.executable, "-m", "acp_flower.cli", "simulate", "--run-config", run_config,
+        run_toml = Path(tmp) / "run.toml"  # the config's own run-config form, as a file simulate reads
+        run_toml.write_text(tomli_w.dumps(ExperimentConfig.from_dict({**tiny(n, args), "out_dir": tmp}).to_run_config()))
+        cmd = [sys.executable, "-m", "acp_flower.cli", "simulate", "--quiet", "--run-config", str(run_toml),
                "--federation-config", f"num-supernodes={n} client-resources-num-cpus={args.client_cpus}"]
         peak, wall, _ = measured(cmd, env, args.timeout)
         frame = pd.read_csv(Path(tmp) / "metrics.csv")

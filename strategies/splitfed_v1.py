@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from acp_flower.config import SPLITFED_TAILS
 from acp_flower.runtime.stats import ClientResult, FedAvg
 from acp_flower.sampling import ClientSampler
 from strategies.base import ClientTask, Executor, SLStrategy, weighted_average
@@ -28,8 +29,8 @@ class SplitFedV1Strategy(SLStrategy):
 
     def __init__(self, sampler: ClientSampler | None = None, *, tails: str = "fresh", group_size: int = 8) -> None:
         super().__init__(sampler)
-        if tails not in ("fresh", "persistent"):
-            raise ValueError(f"config key 'splitfed_tails': unknown value {tails!r}; allowed: fresh, persistent")
+        if tails not in SPLITFED_TAILS:
+            raise ValueError(f"config key 'splitfed_tails': unknown value {tails!r}; allowed: {', '.join(SPLITFED_TAILS)}")
         if group_size < 1:
             raise ValueError(f"config key 'splitfed_group_size': {group_size}; expected an integer >= 1")
         self.tails, self.group_size = tails, group_size
