@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from acp_flower import codecs, exchanges, link, models  # noqa: F401  imported for their option declarations
 from acp_flower.codecs import get_codec, list_codecs
-from acp_flower.exchanges import list_exchanges
+from acp_flower.exchanges import get_exchange, list_exchanges
 from acp_flower.models import build_architecture, get_model, list_models
 from acp_flower.options import OptionGroup, UnusedOptionWarning, check, check_choice, option_groups
 from acp_flower.sampling import resolve_clients_per_round
@@ -95,6 +95,11 @@ class GeneralConfig:
     splitfed_group_size: int = 8
     """SplitFed-v1 with fresh tails: clients that train at once, each against its own tail copy
     (the peak number of tail copies). Results do not depend on it."""
+    batch_clients: bool = False
+    """SplitFed-v1, local runner: run each group's clients (splitfed_group_size) as one batched
+    step (torch.func.vmap over stacked heads and tail copies; each client keeps its own weights,
+    optimizers and codec state). Equal to one-by-one execution within float tolerance, not bit
+    for bit, hence off by default; on a CPU it is slower (docs/schemes.md, batched clients)."""
     # --- model / optimization ---
     model: str = "resnet18"
     """Backbone, split into client head and server tail: resnet18 or vit_tiny (its options:
@@ -188,8 +193,32 @@ class GeneralConfig:
                "fractions in (0, 1], e.g. [0.65, 0.75]")
         _check("device", _valid_device(self.device), "'auto', 'cpu', 'cuda' or 'cuda:N'")
         _check("data_dir", bool(self.data_dir) or self.dataset == "synthetic", "a directory path")
+        if self.batch_clients:
+            self._check_batch_clients()
         _check("out_dir", not self.out_dir or Path(self.out_dir).is_absolute(),
                "an absolute path (the Flower app runs from a copy of the project)")
+
+    def _check_batch_clients(self) -> None:
+        """What ``batch_clients`` needs: clients that train at once against their own tails, an
+        exchange that can run them together, and nothing that changes one client mid-group."""
+        needs = [(self.scheme == "splitfed_v1", f"scheme = 'splitfed_v1' (scheme = {self.scheme!r} trains its clients "
+                                                 "one after another against one tail)"),
+                 (get_exchange(self.exchange).batchable(), f"an exchange that can batch (exchange = {self.exchange!r} "
+                                                           "cannot; 'backprop' can)"),
+                 (self.on_client_error == "stop", "on_client_error = 'stop' (a skipped client would leave its "
+                                                  "group mid-step)"),
+                 (self.fail_client < 0, "no fault injection (fail_client = -1)"),
+                 (getattr(self, "head_prune_sparsity", 0.0) == 0.0, "no client-side head pruning "
+                                                                     "(head_prune_sparsity = 0)")]
+        for ok, need in needs:
+            _check("batch_clients", ok, f"false, or true with {need}")
+
+    def check_flower_app(self) -> None:
+        """Refuse what only the local runner can do (the launcher and the ServerApp call this
+        before any start-up): in ``flwr run`` every client is a SuperNode of its own."""
+        _check("batch_clients", not self.batch_clients,
+               "false under flwr run / acp-flower simulate (each client runs in its own ClientApp, so clients "
+               "cannot share a batched step; batching is the local runner's: acp-flower run, run_experiment)")
 
     def _check_options(self) -> None:
         """Validate every group (its ``__post_init__``) and the model's cut; warn about set options

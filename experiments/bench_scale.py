@@ -5,9 +5,10 @@ In one run, each in a fresh process whose whole process tree is sampled for RSS:
       round: peak RSS and wall time per round;
   (b) ``acp-flower simulate`` (flwr run, Ray simulation engine) with 1,000 and 10,000
       SuperNodes, 100 sampled per round: the same figures;
-  (c) one SplitFed-v1 round of 100 clients against one centralized epoch of the same
+  (c) one SplitFed-v1 round of 100 clients, batched (``batch_clients``, groups of
+      ``splitfed_group_size``) and one by one, against one centralized epoch of the same
       model over the same samples (same batch size, optimizer, device and thread count),
-      centralized measured before and after the round (the mean is the baseline).
+      centralized measured before and after the rounds (the mean is the baseline).
 Tiny config for (a)/(b): synthetic data with --per-client samples per registered client
 (so every round trains the same number of samples whatever the registration count),
 SplitFed-v1 with fresh tails, codec acp, Adam. Not a test: the figures depend on the machine.
@@ -165,10 +166,11 @@ def splitfed_vs_centralized(args) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    def splitfed_round() -> float:
-        clients = {cid: build_client(cfg, cid, data.train_set, p, device) for cid, p in enumerate(data.partitions)}
-        executor = LocalExecutor(cfg, clients, device)
-        strategy = build_strategy(cfg)
+    def splitfed_round(batched: bool) -> float:
+        run_cfg = cfg.replace(batch_clients=batched)
+        clients = {cid: build_client(run_cfg, cid, data.train_set, p, device) for cid, p in enumerate(data.partitions)}
+        executor = LocalExecutor(run_cfg, clients, device)
+        strategy = build_strategy(run_cfg)
         strategy.initialize(executor, *initial_states(cfg))
         t0 = time.perf_counter()
         strategy.train_round(1, executor)
@@ -177,12 +179,15 @@ def splitfed_vs_centralized(args) -> dict:
         return time.perf_counter() - t0
 
     before = centralized_epoch()
-    splitfed = splitfed_round()
+    batched = splitfed_round(batched=True)
+    one_by_one = splitfed_round(batched=False)
     after = centralized_epoch()
     central = (before + after) / 2
     return {"clients": n, "samples": len(everything), "batch_size": cfg.batch_size, "threads": args.threads,
-            "device": str(device), "centralized_s": [round(before, 2), round(after, 2)], "splitfed_round_s": splitfed,
-            "ratio": splitfed / central}
+            "group_size": cfg.splitfed_group_size, "device": str(device),
+            "centralized_s": [round(before, 2), round(after, 2)], "splitfed_batched_round_s": batched,
+            "splitfed_one_by_one_round_s": one_by_one, "ratio": batched / central,
+            "ratio_one_by_one": one_by_one / central}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rows": rows, "splitfed_vs_centralized": ratio,
                                         "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+    print(f"one by one: splitfed{args.ratio_clients}/centralized={ratio['ratio_one_by_one']:.3f}")
     print(f"ratios: splitfed{args.ratio_clients}/centralized={ratio['ratio']:.3f} rss10k_gib={rss10k:.3f}")
     return 0
 

@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.slow  # end-to-end runs (see the fast tier in README.md)
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["partitioning.ipynb"]
+NOTEBOOKS = ["partitioning.ipynb", "scaling.ipynb"]
 """Notebooks that read ACP_NOTEBOOK_SMOKE=1 in their parameters cell."""
 
 

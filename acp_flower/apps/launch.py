@@ -148,6 +148,7 @@ def resolve_run_config(items: list[str] | None, cwd: Path | None = None) -> dict
     if values.get("out-dir"):
         values["out-dir"] = str((cwd / str(values["out-dir"])).resolve())
     cfg = ExperimentConfig.from_run_config({**defaults, **values})  # unknown keys, bad values: ValueError
+    cfg.check_flower_app()
     get_strategy(cfg.scheme)  # an unknown scheme too, before a SuperLink starts
     check_model(cfg)  # and a model or codec that cannot work on the dataset
     return values
@@ -334,6 +335,8 @@ def simulate(run_config: list[str] | None = None, federation_config: list[str] |
         with LocalSuperLink(env):
             started = _json_tail(_flwr(["run", str(app_dir), "--run-config", str(overrides), "--federation-config",
                                         format_federation_config(federation), "--format", "json"], env, app_dir))
+            if "run-id" not in started:  # flwr refused the run: say why, not KeyError
+                raise RuntimeError(f"flwr run did not start the run: {started.get('error-message', started)}")
             run_id = int(started["run-id"])
             status, details = _wait_finished(run_id, env, app_dir, stream, timeout)
     finally:

@@ -54,6 +54,7 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict:
         if checkpointing:
             raise ValueError("config keys 'checkpoint' and 'resume' need an out-dir (where checkpoint.pt lives)")
         log.warning("out-dir is empty: metrics are only logged (pass --run-config \"out-dir='/abs/path'\")")
+    cfg.check_flower_app()
     strategy = build_strategy(cfg)  # an unknown scheme fails before anything is written
     check_model(cfg)  # and so does a model or codec that cannot work on this dataset
     ckpt = resume_point(cfg.out_dir or None, cfg, resume=cfg.resume)

@@ -10,6 +10,7 @@ import pkgutil
 from acp_flower.exchanges.base import (
     ClientSide,
     Exchange,
+    GroupSide,
     Send,
     ServerSide,
     build_exchange,
@@ -23,6 +24,6 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
-    "ClientSide", "Exchange", "Send", "ServerSide", "build_exchange", "get_exchange", "list_exchanges",
+    "ClientSide", "Exchange", "GroupSide", "Send", "ServerSide", "build_exchange", "get_exchange", "list_exchanges",
     "register_exchange", "train_tail",
 ]

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from acp_flower.exchanges.base import ClientSide, Exchange, Send, ServerSide, register_exchange, targets, train_tail
+from acp_flower.exchanges.base import (
+    ClientSide,
+    Exchange,
+    GroupSide,
+    Send,
+    ServerSide,
+    register_exchange,
+    targets,
+    train_tail,
+)
 from acp_flower.options import check
-from acp_flower.wire import Payload, like
+from acp_flower.wire import Payload, like, to_bytes
 
 
 @dataclass(frozen=True)
@@ -51,3 +61,15 @@ class BackpropExchange(Exchange):
         x = payload.to_dense().to(server.device, non_blocking=True).requires_grad_()
         train_tail(server, x, targets(payload).to(server.device, non_blocking=True))
         return like(payload, x.grad, bits=self.down_bits)
+
+    def group_step(self, group: GroupSide, xs: Sequence[torch.Tensor],
+                   ys: Sequence[torch.Tensor]) -> list[tuple[Payload, bytes, Payload | None, bytes]]:
+        smashed = group.forward_heads(xs)
+        payloads, ups = group.upload(smashed, ys)
+        received = group.deliver(ups)
+        x = torch.stack([p.to_dense() for p in received]).to(group.device, non_blocking=True).requires_grad_()
+        group.train_tails(x, [targets(p).to(group.device, non_blocking=True) for p in received])
+        downs = [to_bytes(like(p, g, bits=self.down_bits)) for p, g in zip(received, x.grad)]
+        grad_payloads, grads = group.decode_grads(downs, payloads)
+        group.backward_heads(smashed, grads)
+        return list(zip(payloads, ups, grad_payloads, downs))

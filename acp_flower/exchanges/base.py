@@ -10,7 +10,7 @@ what one step does with them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
@@ -59,6 +59,32 @@ class ServerSide(Protocol):
         ``loss.backward()``: raises ``NonFiniteError`` on a non-finite loss)."""
 
 
+class GroupSide(Protocol):
+    """What a driver offers ``Exchange.group_step``: G clients, each with its own tail copy,
+    whose batches have one shape (``acp_flower.runtime.batched.ClientGroup``). Tensors carry
+    the group as their first dimension; per-client values come as lists in client order."""
+
+    device: torch.device
+
+    def forward_heads(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Every client's smashed data, G x B x ..., through its own head."""
+
+    def upload(self, smashed: torch.Tensor, ys: Sequence[torch.Tensor]) -> tuple[list[Payload], list[bytes]]:
+        """``ClientSide.upload`` of every client."""
+
+    def deliver(self, ups: Sequence[bytes]) -> list[Payload]:
+        """Every upload as its tail copy's server decodes and checks it."""
+
+    def train_tails(self, x: torch.Tensor, ys: Sequence[torch.Tensor]) -> None:
+        """``train_tail`` of every tail copy on its slice of x (G x ...); leaves ``x.grad``."""
+
+    def decode_grads(self, downs: Sequence[bytes], payloads: Sequence[Payload]) -> tuple[list[Payload], list]:
+        """``ClientSide.decode_grad`` of every client."""
+
+    def backward_heads(self, smashed: torch.Tensor, grads: Sequence[torch.Tensor]) -> None:
+        """Backpropagate each client's gradient through its head and step its optimizer."""
+
+
 class Exchange(ABC):
     """One mini-batch exchange between a client and the server.
 
@@ -100,6 +126,18 @@ class Exchange(ABC):
     @abstractmethod
     def server_step(self, server: ServerSide, payload: Payload) -> Payload | None:
         """Train on one received upload; the reply payload, or None when nothing goes back."""
+
+    def group_step(self, group: GroupSide, xs: Sequence[torch.Tensor],
+                   ys: Sequence[torch.Tensor]) -> list[tuple[Payload, bytes, Payload | None, bytes]]:
+        """``client_step`` and ``server_step`` of a group of clients at once, each against its own
+        tail copy (config ``batch_clients``); per client what ``client_step`` returns. An
+        exchange that does not override it cannot be batched."""
+        raise NotImplementedError(f"exchange {self.name!r} cannot run clients batched")
+
+    @classmethod
+    def batchable(cls) -> bool:
+        """Whether ``group_step`` is implemented."""
+        return cls.group_step is not Exchange.group_step
 
 
 def targets(payload: Payload) -> torch.Tensor:

@@ -31,6 +31,7 @@ from acp_flower.runtime import (
     initial_states,
     resolve_device,
 )
+from acp_flower.runtime.batched import train_group
 from acp_flower.runtime.checkpoint import Checkpoint, remove_checkpoint, save_checkpoint
 from strategies import build_strategy
 
@@ -51,6 +52,8 @@ class LocalExecutor(TailStoreExecutor):
             raise ValueError("interleaved tasks must share one tail slot")
         # A client that fails a round goes back to its round-start state, as on Flower, where
         # a failed ClientApp never writes context.state.
+        if self.cfg.batch_clients and not interleave and len(tasks) > 1:
+            return self._train_batched(tasks)
         saved = {t.client_id: self.clients[t.client_id].state_dict() for t in tasks} if self.faults.policy == "skip" else {}
         results: dict[int, ClientResult] = {}
         if not interleave:
@@ -71,6 +74,16 @@ class LocalExecutor(TailStoreExecutor):
                         results[cid] = stop.value
                         turns.finish(cid)
         return [results[t.client_id] for t in tasks if t.client_id in results]
+
+    def _train_batched(self, tasks: Sequence[ClientTask]) -> list[ClientResult]:
+        """The tasks (distinct tail slots) as one lockstep group (config ``batch_clients``, which
+        requires on_client_error = stop: a fault stops the run, naming its client)."""
+        try:
+            return train_group([self.clients[t.client_id] for t in tasks],
+                               [self.tails.server(t.tail_slot) for t in tasks], tasks)
+        except CLIENT_FAULTS as exc:
+            self.faults.report(tasks[0].server_round, getattr(exc, "client_id", tasks[0].client_id), str(exc))
+            raise
 
     @contextmanager
     def _faults(self, task: ClientTask, saved: dict, on_fault=None):

@@ -26,6 +26,7 @@ from acp_flower.runtime.common import (
     build_client_model,
     clone_state,
     flatten_optimizer,
+    has_batchnorm,
     make_optimizer,
     unflatten_optimizer,
 )
@@ -59,6 +60,8 @@ class ClientRuntime:
         self.local_stats = ServerStats()
         self.dropout = ActivationDropout(cfg.options("act_dropout"), cfg.seed, client_id)
         self.pruner = HeadPruner(cfg.options("head_pruning"))
+        self.skip_single = has_batchnorm(cfg)
+        """A trailing batch of one sample is left out (BatchNorm cannot train on it)."""
         self.server_round, self.round_step = 0, 0
         """The round being trained and the uploads made in it (seed the dropout masks)."""
         self.faulty = False
@@ -66,7 +69,8 @@ class ClientRuntime:
 
     @property
     def steps_per_round(self) -> int:
-        return self.cfg.local_epochs * math.ceil(len(self.dataset) / self.cfg.batch_size)
+        single = self.skip_single and len(self.dataset) % self.cfg.batch_size == 1
+        return self.cfg.local_epochs * (math.ceil(len(self.dataset) / self.cfg.batch_size) - single)
 
     def train(self, task: ClientTask, send: Send) -> ClientResult:
         """Run the task's local training to the end; ``send(up_bytes) -> down_bytes``."""
@@ -79,6 +83,28 @@ class ClientRuntime:
 
     def iter_train(self, task: ClientTask, send: Send) -> Generator[None, None, ClientResult]:
         """Like ``train`` but yields after each mini-batch (for round-robin drivers)."""
+        batches = self.iter_batches(task)
+        try:
+            x, y = next(batches)
+            while True:
+                t0 = time.perf_counter()
+                traffic = self.step(x, y, send)
+                busy = time.perf_counter() - t0
+                yield  # a round-robin driver's time between batches is not this client's
+                x, y = batches.send((traffic, busy))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            batches.close()  # a failed step ends the round now (the pruner restores plain weights)
+
+    def iter_batches(self, task: ClientTask) -> Generator[tuple[torch.Tensor, torch.Tensor],
+                                                          tuple[TrafficStats, float], ClientResult]:
+        """The task's round around its mini-batches: yields each (x, y) and takes back the
+        exchange's (traffic, seconds) for it; returns the round's result.
+
+        ``iter_train`` runs each exchange itself (``step``); a driver that runs the exchanges
+        of several clients together (``runtime.batched``) drives this directly.
+        """
         t0 = time.perf_counter()
         if task.head_state is not None:
             self.model.load_state_dict(task.head_state)
@@ -100,10 +126,13 @@ class ClientRuntime:
                     t0 = time.perf_counter()
                     if (batch := self._next(batches)) is None:
                         break
-                    traffic += self.step(batch[0], batch[1], send)
-                    examples += len(batch[1])
+                    if self.skip_single and len(batch[1]) == 1:  # only the last batch can be this short
+                        break
                     busy += time.perf_counter() - t0
-                    yield  # a round-robin driver's time between batches is not this client's
+                    step_traffic, step_s = yield batch
+                    traffic += step_traffic
+                    examples += len(batch[1])
+                    busy += step_s
         finally:
             if pruned:
                 self.pruner.end_round(head)  # plain weights again (zeros), also if the round failed
@@ -117,11 +146,23 @@ class ClientRuntime:
         data or a gradient of this exchange, on either side, is not finite, and
         ``PayloadError`` (likewise located) when either side refuses the other's bytes.
         """
-        batch = self.round_step
+        with self.located():
+            return self.traffic(*self.exchange.client_step(self, x, y, send))
+
+    @contextmanager
+    def located(self, batch: int | None = None):
+        """Name this client, its round and batch (default: the next upload's) in a
+        ``NonFiniteError`` or ``PayloadError`` raised inside."""
+        batch = self.round_step if batch is None else batch
         try:
-            payload, up, down_payload, down = self.exchange.client_step(self, x, y, send)
+            yield
         except (NonFiniteError, PayloadError) as exc:
-            raise locate(exc, self.server_round, self.client_id, batch) from None
+            located = locate(exc, self.server_round, self.client_id, batch)
+            located.client_id = self.client_id  # for drivers that ran several clients at once
+            raise located from None
+
+    def traffic(self, payload: Payload, up: bytes, down_payload: Payload | None, down: bytes) -> TrafficStats:
+        """The traffic of one exchange: bytes both ways, ideal bits, pruned fraction."""
         down_bits = ideal_bits(down_payload, self.num_classes) if down_payload is not None else 0
         return TrafficStats(1, len(up), len(down), ideal_bits(payload, self.num_classes), down_bits,
                             1.0 - payload.kept_fraction)

@@ -86,6 +86,14 @@ def _initial_client_model(cfg: ExperimentConfig) -> nn.Module:
     return client_model_of(cfg, build_exchange(cfg), _seeded_split(cfg).head)
 
 
+@functools.lru_cache(maxsize=4)
+def has_batchnorm(cfg: ExperimentConfig) -> bool:
+    """Whether the split model (head or tail) normalizes with batch statistics: then a training
+    batch of one sample cannot be used (BatchNorm after global pooling sees one value per channel)."""
+    split = _seeded_split(cfg)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for part in (split.head, split.tail) for m in part.modules())
+
+
 def initial_states(cfg: ExperimentConfig) -> tuple[StateDict, StateDict]:
     """Seeded initial (client-model state, tail state); identical for every driver."""
     split = _seeded_split(cfg)

@@ -46,12 +46,16 @@ class ServerRuntime:
 
     def step(self, up: bytes) -> bytes:
         """One exchange: decode the upload, let the exchange train on it, encode its reply (b"" if none)."""
+        reply = self.exchange.server_step(self, self.receive(up))
+        return b"" if reply is None else to_bytes(reply)
+
+    def receive(self, up: bytes) -> Payload:
+        """Decode and check one upload (``PayloadError`` if the tail cannot train on it); traces it."""
         payload = from_bytes(up)
         if self.prune_trace is not None:
             self.prune_trace.append(1.0 - payload.kept_fraction)
         self.check_upload(payload)
-        reply = self.exchange.server_step(self, payload)
-        return b"" if reply is None else to_bytes(reply)
+        return payload
 
     def check_upload(self, payload: Payload) -> None:
         """Refuse an upload the tail cannot train on, naming what is wrong (``PayloadError``)."""
