@@ -99,7 +99,7 @@ class GeneralConfig:
     """SplitFed-v1, local runner: run each group's clients (splitfed_group_size) as one batched
     step (torch.func.vmap over stacked heads and tail copies; each client keeps its own weights,
     optimizers and codec state). Equal to one-by-one execution within float tolerance, not bit
-    for bit, hence off by default; on a CPU it is slower (docs/schemes.md, batched clients)."""
+    for bit, hence off by default; on a CPU it is slower (docs/codecs.md, batched clients)."""
     # --- model / optimization ---
     model: str = "resnet18"
     """Backbone, split into client head and server tail: resnet18 or vit_tiny (its options:

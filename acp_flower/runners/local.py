@@ -50,10 +50,10 @@ class LocalExecutor(TailStoreExecutor):
     def train(self, tasks: Sequence[ClientTask], *, interleave: bool = False) -> list[ClientResult]:
         if interleave and len({t.tail_slot for t in tasks}) > 1:
             raise ValueError("interleaved tasks must share one tail slot")
-        # A client that fails a round goes back to its round-start state, as on Flower, where
-        # a failed ClientApp never writes context.state.
         if self.cfg.batch_clients and not interleave and len(tasks) > 1:
             return self._train_batched(tasks)
+        # A client that fails a round goes back to its round-start state, as on Flower, where
+        # a failed ClientApp never writes context.state.
         saved = {t.client_id: self.clients[t.client_id].state_dict() for t in tasks} if self.faults.policy == "skip" else {}
         results: dict[int, ClientResult] = {}
         if not interleave:

@@ -46,9 +46,9 @@ class StackedModules:
     """
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules, self.template = list(modules), modules[0]
-        params = [dict(m.named_parameters()) for m in self.modules]
-        buffers = [dict(m.named_buffers()) for m in self.modules]
+        self.template = modules[0]
+        params = [dict(m.named_parameters()) for m in modules]
+        buffers = [dict(m.named_buffers()) for m in modules]
         with torch.no_grad():
             self.params = {name: torch.stack([p[name].detach() for p in params]).requires_grad_(value.requires_grad)
                            for name, value in params[0].items()}
